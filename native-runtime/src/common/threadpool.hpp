@@ -1,0 +1,19 @@
+#pragma once
+// A fixed pool of worker threads with a static-partition parallel_for.
+// Static partitioning keeps every reduction's order fixed for a given thread count, which
+// is what makes training bit-for-bit deterministic (same inputs + seed + threads).
+#include <cstdint>
+#include <functional>
+
+namespace lora {
+
+// Number of threads used by parallel_for; 0 = all hardware threads. Call once at start-up
+// (and from tests); not thread-safe against concurrent parallel_for calls.
+void set_num_threads(int n);
+int num_threads();
+
+// Runs fn(begin, end, thread_index) over [0, n) split into num_threads() contiguous chunks
+// (fewer when n is small). Blocks until all chunks are done. Nested calls run serially.
+void parallel_for(int64_t n, const std::function<void(int64_t begin, int64_t end, int thread)>& fn);
+
+}  // namespace lora
