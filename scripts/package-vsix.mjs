@@ -1,0 +1,34 @@
+#!/usr/bin/env node
+// `npm run package`: builds everything (TypeScript, panel bundle, native runtime) and packs
+// a VSIX for the current platform with @vscode/vsce. .vscodeignore keeps sources and tests
+// out and keeps the built lora-runtime binary in. Prints the VSIX path and size.
+import { spawnSync } from 'node:child_process';
+import { existsSync, readFileSync, statSync } from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+process.chdir(root);
+
+function run(cmd, args, env = {}) {
+  const r = spawnSync(cmd, args, { stdio: 'inherit', env: { ...process.env, ...env } });
+  if (r.status !== 0) {
+    console.error(`package: ${cmd} ${args.join(' ')} failed`);
+    process.exit(r.status ?? 1);
+  }
+}
+
+if (!process.argv.includes('--no-build')) run('npm', ['run', '--silent', 'build']);
+const runtime = path.join('native-runtime', 'build', 'lora-runtime');
+if (!existsSync(runtime)) {
+  console.error(`package: ${runtime} is missing; run npm run build:native first`);
+  process.exit(1);
+}
+const pkg = JSON.parse(readFileSync('package.json', 'utf8'));
+const target = `${process.platform === 'win32' ? 'win32' : process.platform}-${process.arch}`;
+const out = `${pkg.name}-${pkg.version}-${target}.vsix`;
+const vsce = path.join('node_modules', '@vscode', 'vsce', 'vsce');
+run(process.execPath, [vsce, 'package', '--target', target, '--out', out, '--allow-missing-repository', '--skip-license'],
+    { ONNXRUNTIME_NODE_INSTALL: 'skip' });
+const size = statSync(out).size;
+console.log(`package: ${out} ${(size / 1024 / 1024).toFixed(1)} MB (${size} bytes)`);

@@ -1,0 +1,181 @@
+// The training panel's HTML document. No `vscode` import, so the webview tests render
+// exactly the document (and the Content-Security-Policy) that the extension serves.
+
+import { randomBytes } from 'node:crypto';
+
+export interface PanelHtmlOptions {
+  /** The webview's `cspSource` (the origin its resources are served from). */
+  cspSource: string;
+  scriptUri: string;
+  styleUri: string;
+  nonce?: string;
+}
+
+export function makeNonce(): string {
+  return randomBytes(18).toString('base64').replace(/[^A-Za-z0-9]/g, '');
+}
+
+function attr(s: string): string {
+  return s.replace(/&/g, '&amp;').replace(/"/g, '&quot;').replace(/</g, '&lt;');
+}
+
+export function renderPanelHtml(o: PanelHtmlOptions): string {
+  const nonce = o.nonce ?? makeNonce();
+  // Scripts only with the nonce; styles and fonts only from the extension; images from the
+  // extension and data: (uPlot draws to canvas, nothing else loads).
+  const csp = [
+    "default-src 'none'",
+    `script-src 'nonce-${nonce}'`,
+    `style-src ${o.cspSource}`,
+    `font-src ${o.cspSource}`,
+    `img-src ${o.cspSource} data:`,
+  ].join('; ');
+  return `<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="UTF-8">
+<meta http-equiv="Content-Security-Policy" content="${attr(csp)}">
+<meta name="viewport" content="width=device-width, initial-scale=1.0">
+<link rel="stylesheet" href="${attr(o.styleUri)}">
+<title>LoRA Studio</title>
+</head>
+<body>
+<div id="app">
+  <div id="trust-banner" class="banner warning" hidden></div>
+  <div id="notice" class="banner" hidden></div>
+
+  <section id="run-section" class="card" hidden>
+    <div class="run-head">
+      <span id="run-label" class="run-label"></span>
+      <span id="run-status" class="status-chip"></span>
+    </div>
+    <div class="progress"><div id="run-progress-bar" class="progress-bar"></div></div>
+    <div id="run-stats" class="stats"></div>
+    <div id="run-message" class="run-message" hidden></div>
+    <div class="smoothing">
+      <label for="smoothing">Smoothing</label>
+      <input id="smoothing" type="range" min="0" max="0.99" step="0.01" value="0.6" aria-label="Loss smoothing">
+      <span id="smoothing-value">0.60</span>
+    </div>
+    <div class="charts">
+      <div class="chart" id="chart-loss" data-points="0"></div>
+      <div class="chart" id="chart-lr" data-points="0"></div>
+      <div class="chart" id="chart-mem" data-points="0"></div>
+      <div class="chart" id="chart-tps" data-points="0"></div>
+    </div>
+    <div class="actions">
+      <vscode-button id="reveal-adapter" appearance="secondary" hidden>Reveal Adapter</vscode-button>
+      <vscode-button id="show-log" appearance="secondary">Runtime Log</vscode-button>
+    </div>
+  </section>
+
+  <section class="card">
+    <h3>Model</h3>
+    <div class="row">
+      <vscode-text-field id="model-path" readonly placeholder="No model folder selected" class="grow"></vscode-text-field>
+      <vscode-button id="pick-model" appearance="secondary">Browse…</vscode-button>
+    </div>
+    <div class="row">
+      <vscode-dropdown id="cached-models" class="grow" aria-label="Models in the Hugging Face cache">
+        <vscode-option value="">Hugging Face cache…</vscode-option>
+      </vscode-dropdown>
+    </div>
+    <div class="row">
+      <vscode-text-field id="hub-id" placeholder="org/model on the Hub" class="grow"></vscode-text-field>
+      <vscode-button id="download-model" appearance="secondary">Download</vscode-button>
+    </div>
+    <div id="download-status" class="muted" hidden></div>
+    <div id="model-summary" class="summary muted">Pick a Hugging Face model folder (config.json and *.safetensors).</div>
+  </section>
+
+  <section class="card">
+    <h3>Dataset</h3>
+    <div class="row">
+      <vscode-text-field id="data-path" readonly placeholder="No dataset selected" class="grow"></vscode-text-field>
+      <vscode-button id="pick-dataset" appearance="secondary">Browse…</vscode-button>
+    </div>
+    <div id="dataset-summary" class="summary muted">JSONL, JSON or CSV: chat messages, alpaca, prompt/completion or text.</div>
+    <ul id="dataset-diagnostics" class="diagnostics"></ul>
+    <div id="preview" class="preview" hidden>
+      <div class="preview-legend"><span class="tok trained">trained</span><span class="tok masked">masked</span></div>
+      <div id="preview-rows"></div>
+    </div>
+  </section>
+
+  <section class="card">
+    <h3>LoRA</h3>
+    <div class="row">
+      <label for="preset">Preset</label>
+      <vscode-dropdown id="preset" class="grow"></vscode-dropdown>
+    </div>
+    <div id="preset-description" class="muted small"></div>
+    <div class="grid">
+      <vscode-text-field id="lora-r" size="6" inputmode="numeric">r</vscode-text-field>
+      <vscode-text-field id="lora-alpha" size="6" inputmode="decimal">alpha</vscode-text-field>
+      <vscode-text-field id="lora-dropout" size="6" inputmode="decimal">dropout</vscode-text-field>
+    </div>
+    <vscode-checkbox id="lora-rslora">rsLoRA (scale alpha / √r)</vscode-checkbox>
+    <div class="row targets-head">
+      <span>Target modules</span>
+      <vscode-button id="targets-attention" appearance="icon" title="Attention projections only">attention</vscode-button>
+      <vscode-button id="targets-all" appearance="icon" title="All linear layers">all linear</vscode-button>
+    </div>
+    <div id="targets" class="targets"></div>
+  </section>
+
+  <section class="card">
+    <h3>Quantization</h3>
+    <div class="row">
+      <vscode-dropdown id="quant-type" class="grow" aria-label="Base model quantization">
+        <vscode-option value="nf4">NF4 (QLoRA)</vscode-option>
+        <vscode-option value="fp4">FP4</vscode-option>
+        <vscode-option value="int8">INT8</vscode-option>
+        <vscode-option value="none">None (16-bit base)</vscode-option>
+      </vscode-dropdown>
+    </div>
+    <vscode-checkbox id="quant-double">Double quantization of the scales</vscode-checkbox>
+  </section>
+
+  <section class="card">
+    <h3>Training</h3>
+    <div class="grid">
+      <vscode-text-field id="train-lr" size="8" inputmode="decimal">learning rate</vscode-text-field>
+      <div class="field">
+        <label for="train-schedule">schedule</label>
+        <vscode-dropdown id="train-schedule">
+          <vscode-option value="cosine">cosine</vscode-option>
+          <vscode-option value="linear">linear</vscode-option>
+          <vscode-option value="constant">constant</vscode-option>
+        </vscode-dropdown>
+      </div>
+      <vscode-text-field id="train-warmup" size="6" inputmode="numeric">warmup steps</vscode-text-field>
+      <vscode-text-field id="train-epochs" size="6" inputmode="decimal">epochs</vscode-text-field>
+      <vscode-text-field id="train-max-steps" size="6" inputmode="numeric" placeholder="none">max steps</vscode-text-field>
+      <vscode-text-field id="train-seq-len" size="6" inputmode="numeric">seq len</vscode-text-field>
+      <vscode-text-field id="train-micro-batch" size="6" inputmode="numeric">micro-batch</vscode-text-field>
+      <vscode-text-field id="train-grad-accum" size="6" inputmode="numeric">grad accum</vscode-text-field>
+      <vscode-text-field id="train-eval-split" size="6" inputmode="decimal">eval split</vscode-text-field>
+      <vscode-text-field id="train-save-every" size="6" inputmode="numeric">checkpoint every</vscode-text-field>
+    </div>
+    <vscode-checkbox id="train-grad-ckpt">Activation checkpointing</vscode-checkbox>
+    <div id="field-errors" class="field-errors" role="alert"></div>
+  </section>
+
+  <section class="card">
+    <h3>Memory estimate</h3>
+    <div id="estimate-bar" class="estimate-bar" aria-hidden="true"></div>
+    <table id="estimate-table" class="estimate-table"></table>
+    <div id="estimate-verdict" class="summary muted">Choose a model to estimate memory.</div>
+    <div id="trainable" class="summary"></div>
+  </section>
+
+  <div class="actions sticky">
+    <vscode-button id="start" disabled>Start Training</vscode-button>
+    <vscode-button id="stop" appearance="secondary" disabled>Stop</vscode-button>
+    <span id="start-hint" class="muted small"></span>
+  </div>
+</div>
+<script nonce="${nonce}" src="${attr(o.scriptUri)}"></script>
+</body>
+</html>`;
+}
