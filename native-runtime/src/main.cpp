@@ -1,0 +1,236 @@
+// lora-runtime: the command-line entry point (DESIGN.md section 2, "CLI").
+// Every failure is reported as an `error` event (JSON line on stdout; also in
+// events.jsonl for `train`) and mapped onto the documented exit codes.
+#include <cstdio>
+#include <cstring>
+#include <map>
+#include <new>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "common/errors.hpp"
+#include "common/json.hpp"
+#include "common/threadpool.hpp"
+#include "model/model.hpp"
+#include "train/events.hpp"
+#include "train/trainer.hpp"
+
+namespace {
+
+using namespace lora;
+
+const char* const kUsage =
+    "usage:\n"
+    "  lora-runtime --version\n"
+    "  lora-runtime devices\n"
+    "  lora-runtime inspect --model DIR\n"
+    "  lora-runtime train --run RUN_DIR [--resume]\n"
+    "  lora-runtime eval --model DIR [--adapter DIR] --data SHARD [--quant none|nf4|fp4|int8]\n"
+    "                    [--seq-len N] [--micro-batch N] [--threads N]\n";
+
+struct UsageError {
+  std::string message;
+};
+
+// --flag value pairs and bare --switches, validated against what the command accepts.
+struct Args {
+  std::map<std::string, std::string> values;
+  std::map<std::string, bool> switches;
+
+  Args(int argc, char** argv, int first, const std::vector<std::string>& valued, const std::vector<std::string>& bare) {
+    for (int i = first; i < argc; ++i) {
+      const std::string a = argv[i];
+      bool known = false;
+      for (const auto& v : valued) {
+        if (a != v) continue;
+        if (i + 1 >= argc) throw UsageError{a + " needs a value"};
+        values[a] = argv[++i];
+        known = true;
+      }
+      for (const auto& b : bare)
+        if (a == b) switches[a] = known = true;
+      if (!known) throw UsageError{"unknown argument " + a};
+    }
+  }
+  std::string get(const std::string& k, const std::string& def = {}) const {
+    auto it = values.find(k);
+    return it == values.end() ? def : it->second;
+  }
+  std::string need(const std::string& k) const {
+    auto it = values.find(k);
+    if (it == values.end()) throw UsageError{"missing " + k};
+    return it->second;
+  }
+  int64_t integer(const std::string& k, int64_t def, int64_t lo, int64_t hi) const {
+    auto it = values.find(k);
+    if (it == values.end()) return def;
+    char* end = nullptr;
+    const long long v = std::strtoll(it->second.c_str(), &end, 10);
+    if (it->second.empty() || *end || v < lo || v > hi)
+      throw UsageError{k + " must be an integer from " + std::to_string(lo) + " to " + std::to_string(hi)};
+    return v;
+  }
+};
+
+void print_json(const Json& j) {
+  std::string s = j.dump() + "\n";
+  std::fwrite(s.data(), 1, s.size(), stdout);
+  std::fflush(stdout);
+}
+
+std::map<std::string, uint64_t> meminfo() {
+  std::map<std::string, uint64_t> out;
+  FILE* f = std::fopen("/proc/meminfo", "r");
+  if (!f) return out;
+  char key[64];
+  unsigned long long kb;
+  while (std::fscanf(f, "%63[^:]: %llu kB\n", key, &kb) == 2) out[key] = kb * 1024ull;
+  std::fclose(f);
+  return out;
+}
+
+int cmd_devices() {
+  auto mem = meminfo();
+  Json d = Json::object();
+  d.set("kind", "cpu");
+  d.set("name", cpu_name());
+  d.set("threads", static_cast<int64_t>(std::max(1u, std::thread::hardware_concurrency())));
+  d.set("memory_total", mem["MemTotal"]);
+  d.set("memory_free", mem.count("MemAvailable") ? mem["MemAvailable"] : mem["MemFree"]);
+  Json list = Json::array();
+  list.push(d);
+  Json out = Json::object();
+  out.set("devices", list);
+  print_json(out);
+  return kExitOk;
+}
+
+int cmd_inspect(const Args& a) {
+  const ModelSummary s = inspect_model(a.need("--model"));
+  const ModelConfig& c = s.cfg;
+  Json out = Json::object();
+  out.set("arch", arch_name(c.arch));
+  out.set("hf_architecture", c.hf_architecture);
+  out.set("layers", c.num_layers);
+  out.set("hidden_size", c.hidden_size);
+  out.set("intermediate_size", c.intermediate_size);
+  out.set("heads", c.num_heads);
+  out.set("kv_heads", c.num_kv_heads);
+  out.set("head_dim", c.head_dim);
+  out.set("vocab_size", c.vocab_size);
+  out.set("max_position_embeddings", c.max_position_embeddings);
+  out.set("tie_word_embeddings", c.tie_word_embeddings);
+  out.set("params_total", s.params_total);
+  Json mods = Json::array();
+  Model probe;
+  probe.cfg = c;
+  for (int m = 0; m < kNumModules; ++m) {
+    Json t = Json::object();
+    t.set("name", module_name(m));
+    t.set("in", probe.module_in(m));
+    t.set("out", probe.module_out(m));
+    t.set("count", c.num_layers);
+    mods.push(t);
+  }
+  out.set("target_modules", mods);
+  out.set("dtype", s.dtype);
+  out.set("bytes", s.bytes);
+  print_json(out);
+  return kExitOk;
+}
+
+int cmd_eval(const Args& a) {
+  EvalOptions o;
+  o.model = a.need("--model");
+  o.data = a.need("--data");
+  o.adapter = a.get("--adapter");
+  o.quant = a.get("--quant", "none");
+  o.seq_len = a.integer("--seq-len", 0, 2, 1 << 20);
+  o.micro_batch = a.integer("--micro-batch", 1, 1, 4096);
+  set_num_threads(static_cast<int>(a.integer("--threads", 0, 0, 1024)));
+  const EvalResult r = run_eval(o);
+  Json out = Json::object();
+  out.set("loss", r.loss);
+  out.set("tokens", r.tokens);
+  if (r.documents_split) out.set("documents_split", r.documents_split);
+  print_json(out);
+  return kExitOk;
+}
+
+Json error_fields(const std::string& code, const std::string& message, const std::string& hint = {},
+                  const std::string& file = {}, int64_t line = 0, const std::string& field = {}) {
+  Json e = Json::object();
+  e.set("code", code);
+  e.set("message", message);
+  if (!hint.empty()) e.set("hint", hint);
+  if (!file.empty()) e.set("file", file);
+  if (line > 0) e.set("line", line);
+  if (!field.empty()) e.set("field", field);
+  return e;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2) {
+    std::fputs(kUsage, stderr);
+    return kExitBadInput;
+  }
+  const std::string cmd = argv[1];
+  EventSink events;
+  TrainProgress progress;
+  const bool is_train = cmd == "train";
+  auto fail = [&](const Json& err, int code) {
+    events.emit("error", err);
+    if (is_train) {
+      Json d = Json::object();
+      d.set("status", "failed");
+      d.set("step", progress.step);
+      events.emit("done", d);
+    }
+    return code;
+  };
+  try {
+    if (cmd == "--version" || cmd == "version") {
+      Json v = Json::object();
+      v.set("version", kRuntimeVersion);
+      v.set("protocol", kProtocolVersion);
+      v.set("cuda", false);
+      print_json(v);
+      return kExitOk;
+    }
+    if (cmd == "--help" || cmd == "-h" || cmd == "help") {
+      std::fputs(kUsage, stdout);
+      return kExitOk;
+    }
+    if (cmd == "devices") {
+      Args(argc, argv, 2, {}, {});
+      return cmd_devices();
+    }
+    if (cmd == "inspect") return cmd_inspect(Args(argc, argv, 2, {"--model"}, {}));
+    if (cmd == "eval")
+      return cmd_eval(Args(argc, argv, 2, {"--model", "--adapter", "--data", "--quant", "--seq-len", "--micro-batch", "--threads"}, {}));
+    if (is_train) {
+      Args a(argc, argv, 2, {"--run"}, {"--resume"});
+      return run_train(a.need("--run"), a.switches.count("--resume") > 0, events, progress);
+    }
+    throw UsageError{"unknown command " + cmd};
+  } catch (const UsageError& e) {
+    std::fprintf(stderr, "lora-runtime: %s\n%s", e.message.c_str(), kUsage);
+    return kExitBadInput;
+  } catch (const InputError& e) {
+    return fail(error_fields(e.code, e.what(), e.hint, e.file, e.line, e.field), kExitBadInput);
+  } catch (const OutOfMemoryError& e) {
+    Json err = error_fields("out_of_memory", e.what(), e.hint);
+    err.set("bytes_needed", e.bytes_needed);
+    return fail(err, kExitOutOfMemory);
+  } catch (const std::bad_alloc&) {
+    return fail(error_fields("out_of_memory", "out of memory",
+                             "use a smaller train.seq_len or micro_batch, a 4-bit quant.type, or grad_checkpointing: true."),
+                kExitOutOfMemory);
+  } catch (const std::exception& e) {
+    return fail(error_fields("internal", e.what(), "this is a bug in lora-runtime; please report it with runtime.log."),
+                kExitInternal);
+  }
+}

@@ -1,0 +1,90 @@
+#include "train/events.hpp"
+
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+
+#include "common/errors.hpp"
+
+namespace lora {
+
+EventSink::~EventSink() {
+  if (file_) std::fclose(file_);
+}
+
+void EventSink::open_file(const std::string& path) {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::FILE* f = std::fopen(path.c_str(), "a");
+  if (!f) {
+    throw InputError("write_failed", "cannot append to " + path + ": " + std::strerror(errno), path, "", 0,
+                     "the run folder must be writable: check its permissions and free disk space.");
+  }
+  file_ = f;
+}
+
+void EventSink::emit(const std::string& type, const Json& fields) {
+  Json e = Json::object();
+  e.set("v", 1);
+  e.set("type", type);
+  if (fields.is_object())
+    for (const auto& [k, v] : fields.members()) e.set(k, v);
+  const std::string line = e.dump() + "\n";
+  std::lock_guard<std::mutex> lock(mu_);
+  std::fwrite(line.data(), 1, line.size(), stdout);
+  std::fflush(stdout);
+  if (file_) {
+    std::fwrite(line.data(), 1, line.size(), file_);
+    std::fflush(file_);
+  }
+}
+
+void EventSink::log(const std::string& level, const std::string& message) {
+  Json f = Json::object();
+  f.set("level", level);
+  f.set("message", message);
+  emit("log", f);
+}
+
+namespace {
+uint64_t kb_field(const std::string& text, const std::string& key) {
+  const size_t at = text.find(key);
+  if (at == std::string::npos) return 0;
+  return std::strtoull(text.c_str() + at + key.size(), nullptr, 10) * 1024ull;
+}
+std::string slurp(const char* path) {
+  std::ifstream in(path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+}  // namespace
+
+MemoryInfo read_memory_info() {
+  MemoryInfo m;
+  const std::string self = slurp("/proc/self/status");
+  m.rss = kb_field(self, "VmRSS:");
+  m.peak = kb_field(self, "VmHWM:");
+  const std::string mem = slurp("/proc/meminfo");
+  m.system_total = kb_field(mem, "MemTotal:");
+  const uint64_t avail = kb_field(mem, "MemAvailable:");
+  m.system_used = m.system_total > avail ? m.system_total - avail : 0;
+  return m;
+}
+
+std::string cpu_name() {
+  std::ifstream in("/proc/cpuinfo");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("model name", 0) == 0) {
+      const size_t colon = line.find(':');
+      if (colon != std::string::npos) {
+        size_t b = line.find_first_not_of(" \t", colon + 1);
+        return b == std::string::npos ? "cpu" : line.substr(b);
+      }
+    }
+  }
+  return "cpu";
+}
+
+}  // namespace lora
