@@ -21,12 +21,14 @@ function attr(s: string): string {
 
 export function renderPanelHtml(o: PanelHtmlOptions): string {
   const nonce = o.nonce ?? makeNonce();
-  // Scripts only with the nonce; styles and fonts only from the extension; images from the
-  // extension and data: (uPlot draws to canvas, nothing else loads).
+  // Scripts only with the nonce; stylesheets and fonts only from the extension; images from
+  // the extension and data: (uPlot draws to canvas, nothing else loads). The toolkit (FAST)
+  // probes for :focus-visible with a <style> element that carries the nonce it reads from
+  // the csp-nonce meta tag, hence the style nonce.
   const csp = [
     "default-src 'none'",
     `script-src 'nonce-${nonce}'`,
-    `style-src ${o.cspSource}`,
+    `style-src ${o.cspSource} 'nonce-${nonce}'`,
     `font-src ${o.cspSource}`,
     `img-src ${o.cspSource} data:`,
   ].join('; ');
@@ -35,6 +37,7 @@ export function renderPanelHtml(o: PanelHtmlOptions): string {
 <head>
 <meta charset="UTF-8">
 <meta http-equiv="Content-Security-Policy" content="${attr(csp)}">
+<meta property="csp-nonce" content="${nonce}">
 <meta name="viewport" content="width=device-width, initial-scale=1.0">
 <link rel="stylesheet" href="${attr(o.styleUri)}">
 <title>LoRA Studio</title>
