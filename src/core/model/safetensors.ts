@@ -11,12 +11,12 @@ import { DTYPE_BYTES, SafetensorsDType, decodeFloats, encodeFloats, isDType } fr
 
 export class SafetensorsError extends Error {
   constructor(
-    message: string,
+    readonly detail: string,
     readonly file: string,
     readonly field?: string,
     readonly hint?: string,
   ) {
-    super(`${file}${field ? ` (${field})` : ''}: ${message}${hint ? `. ${hint}` : ''}`);
+    super(`${file}${field ? ` (${field})` : ''}: ${detail}${hint ? `. ${hint}` : ''}`);
     this.name = 'SafetensorsError';
   }
 }
