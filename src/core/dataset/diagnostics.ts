@@ -48,6 +48,7 @@ export const DIAGNOSTIC_CODES = {
   'fallback-template': 'info',
   'eval-too-small': 'warning',
   'too-many-diagnostics': 'info',
+  'unusable-dataset': 'error',
 } as const satisfies Record<string, Severity>;
 
 export type DiagnosticCode = keyof typeof DIAGNOSTIC_CODES;
@@ -142,6 +143,8 @@ export function formatDiagnostic(d: Diagnostic): string {
 
 /** Raised for problems that make the whole operation impossible (no usable rows, no tokenizer). */
 export class DatasetError extends Error {
+  /** The message without the hint. */
+  readonly reason: string;
   constructor(
     message: string,
     readonly diagnostics: Diagnostic[] = [],
@@ -149,5 +152,6 @@ export class DatasetError extends Error {
   ) {
     super(hint ? `${message}\n  hint: ${hint}` : message);
     this.name = 'DatasetError';
+    this.reason = message;
   }
 }

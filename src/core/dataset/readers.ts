@@ -3,7 +3,7 @@
 // memory stays bounded by one chunk plus one record, whatever the file size.
 import * as path from 'node:path';
 import { promises as fsp } from 'node:fs';
-import { Diagnostic, diagnostic } from './diagnostics';
+import { DatasetError, Diagnostic, diagnostic } from './diagnostics';
 import { Line, abortError, readLineBatches } from './lines';
 
 export type FileKind = 'jsonl' | 'json' | 'csv';
@@ -23,6 +23,8 @@ export interface RecordBatch {
   rowsSeen: number;
   bytesRead: number;
   totalBytes: number;
+  /** The header of a CSV file once read (names and the line it is on). */
+  columns?: { names: string[]; line: number } | null;
 }
 
 export interface ReadOptions {
@@ -84,7 +86,7 @@ export async function* readRecords(file: string, opts: ReadOptions = {}): AsyncG
     }
     lastBytes = batch.bytesRead;
     total = batch.totalBytes;
-    yield { records, problems, rowsSeen: parser.rows, bytesRead: batch.bytesRead, totalBytes: batch.totalBytes };
+    yield { records, problems, rowsSeen: parser.rows, bytesRead: batch.bytesRead, totalBytes: batch.totalBytes, columns: parser instanceof CsvParser ? parser.columns() : undefined };
   }
   const records: SourceRecord[] = [];
   const problems: Diagnostic[] = [];
@@ -92,13 +94,13 @@ export async function* readRecords(file: string, opts: ReadOptions = {}): AsyncG
   if (!sawLine && parser.rows === 0 && problems.length === 0) {
     problems.push(diagnostic('file-empty', { message: 'the dataset file is empty', file, line: 1, column: 1, hint: 'add at least one example row' }));
   }
-  yield { records, problems, rowsSeen: parser.rows, bytesRead: lastBytes, totalBytes: total };
+  yield { records, problems, rowsSeen: parser.rows, bytesRead: lastBytes, totalBytes: total, columns: parser instanceof CsvParser ? parser.columns() : undefined };
 }
 
 /** Thrown when a file cannot be read at all (as opposed to bad rows inside it). */
-export class DatasetFileError extends Error {
+export class DatasetFileError extends DatasetError {
   constructor(readonly diagnostic: Diagnostic) {
-    super(diagnostic.hint ? `${diagnostic.message}\n  hint: ${diagnostic.hint}` : diagnostic.message);
+    super(diagnostic.message, [diagnostic], diagnostic.hint);
     this.name = 'DatasetFileError';
   }
 }

@@ -7,6 +7,9 @@ import type { RenderedExample } from './render';
 export interface TokenizedExample {
   ids: Uint32Array;
   mask: Uint8Array;
+  /** With `withSources`: per token, the index of the encoding's token it came from, or -1
+   *  for tokens added around the text (BOS prefix, inserted EOS). */
+  sources?: Int32Array;
 }
 
 export interface EncodeConventions {
@@ -23,6 +26,22 @@ function hasSurrogates(s: string): boolean {
 }
 
 /** UTF-16 index -> code point index (the tokenizer's offsets count code points). */
+export function codePointIndex(s: string, utf16: number): number {
+  return toCodePointIndex(s, utf16);
+}
+
+/** Code point index -> UTF-16 index. */
+export function utf16Index(s: string, codePoint: number): number {
+  let cp = 0;
+  let i = 0;
+  while (i < s.length && cp < codePoint) {
+    const c = s.charCodeAt(i);
+    i += c >= 0xd800 && c <= 0xdbff && i + 1 < s.length ? 2 : 1;
+    cp++;
+  }
+  return i;
+}
+
 function toCodePointIndex(s: string, utf16: number): number {
   let lows = 0;
   for (let i = 0; i < utf16; i++) {
@@ -32,7 +51,7 @@ function toCodePointIndex(s: string, utf16: number): number {
   return utf16 - lows;
 }
 
-export function buildTokens(enc: Encoding, r: RenderedExample, conv: EncodeConventions): TokenizedExample {
+export function buildTokens(enc: Encoding, r: RenderedExample, conv: EncodeConventions, withSources = false): TokenizedExample {
   const ids = enc.getIds();
   const offsets = enc.getOffsets();
   const n = ids.length;
@@ -42,6 +61,7 @@ export function buildTokens(enc: Encoding, r: RenderedExample, conv: EncodeConve
   const total = prefix.length + n + (conv.eosId === null ? 0 : inserts);
   const outIds = new Uint32Array(total);
   const outMask = new Uint8Array(total);
+  const sources = withSources ? new Int32Array(total).fill(-1) : null;
   let k = 0;
   for (const id of prefix) outIds[k++] = id;
 
@@ -60,6 +80,7 @@ export function buildTokens(enc: Encoding, r: RenderedExample, conv: EncodeConve
       }
       si++;
     }
+    if (sources) sources[k] = t;
     outIds[k] = ids[t];
     outMask[k++] = si < spans.length && start >= spans[si][0] ? 1 : 0;
   }
@@ -70,7 +91,9 @@ export function buildTokens(enc: Encoding, r: RenderedExample, conv: EncodeConve
     }
     si++;
   }
-  return { ids: k === total ? outIds : outIds.subarray(0, k), mask: k === total ? outMask : outMask.subarray(0, k) };
+  const out: TokenizedExample = { ids: k === total ? outIds : outIds.subarray(0, k), mask: k === total ? outMask : outMask.subarray(0, k) };
+  if (sources) out.sources = sources.subarray(0, k);
+  return out;
 }
 
 export async function encodeRendered(tokenizer: Tokenizer, rendered: RenderedExample[], conv: EncodeConventions): Promise<TokenizedExample[]> {
