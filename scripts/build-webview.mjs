@@ -1,7 +1,7 @@
 #!/usr/bin/env node
-// Builds the training panel: type-checks webview/ (DOM types, separate from the Node
-// tsconfig), then bundles webview/main.ts into dist/webview/panel.js and the panel's
-// stylesheet (uPlot's plus ours) into dist/webview/panel.css.
+// Builds the webviews: type-checks webview/ (DOM types, separate from the Node tsconfig),
+// then bundles webview/main.ts (training panel) and webview/compare.ts (Compare Runs) into
+// dist/webview/{panel,compare}.js, and one stylesheet (uPlot's plus ours) into panel.css.
 import { build } from 'esbuild';
 import { spawnSync } from 'node:child_process';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
@@ -21,8 +21,8 @@ if (!process.argv.includes('--no-check')) {
 }
 
 await build({
-  entryPoints: [path.join(root, 'webview', 'main.ts')],
-  outfile: path.join(outDir, 'panel.js'),
+  entryPoints: { panel: path.join(root, 'webview', 'main.ts'), compare: path.join(root, 'webview', 'compare.ts') },
+  outdir: outDir,
   bundle: true,
   format: 'iife',
   platform: 'browser',

@@ -92,6 +92,11 @@ export type ChartEvent =
 
 export type RunStatus = 'running' | 'completed' | 'stopped' | 'failed';
 
+/** One run's loss curves for Compare Runs (already downsampled by the host). */
+export interface CompareRun { id: string; label: string; status: string; steps: number[]; loss: number[]; evalSteps: number[]; evalLoss: number[] }
+/** A config field that differs between the compared runs, one display value per run. */
+export interface CompareDiff { field: string; values: string[] }
+
 export type HostMessage =
   | { type: 'init'; version: number; trusted: boolean; untrustedReason?: string; presets: PresetInfo[];
       config: PanelConfig; cachedModels: CachedModel[]; device: DeviceInfo | null }
@@ -105,7 +110,8 @@ export type HostMessage =
   | { type: 'events'; runId: string; events: ChartEvent[] }
   | { type: 'runEnded'; runId: string; status: RunStatus; adapter?: string; message?: string; hint?: string }
   | { type: 'downloadProgress'; repoId: string; file: string; bytes: number; totalBytes: number; done: boolean; error?: string }
-  | { type: 'notice'; level: 'info' | 'warning' | 'error'; message: string; hint?: string };
+  | { type: 'notice'; level: 'info' | 'warning' | 'error'; message: string; hint?: string }
+  | { type: 'compare'; runs: CompareRun[]; diff: CompareDiff[] };
 
 export type PanelMessage =
   | { type: 'ready' }
@@ -323,6 +329,22 @@ function parseEstimate(v: unknown, at: string): EstimateInfo {
   };
 }
 
+function numbers(o: Obj, k: string, at: string): number[] {
+  return arr(o, k, at, (x, p) => {
+    if (x === null) return NaN;
+    if (typeof x !== 'number') throw new ProtocolError(`${p}: expected a number`);
+    return x;
+  }, 200_000);
+}
+function parseCompareRun(v: unknown, at: string): CompareRun {
+  const o = obj(v, at);
+  const r = { id: runId(o, at), label: str(o, 'label', at, 300), status: str(o, 'status', at, 32), steps: numbers(o, 'steps', at),
+              loss: numbers(o, 'loss', at), evalSteps: numbers(o, 'evalSteps', at), evalLoss: numbers(o, 'evalLoss', at) };
+  if (r.steps.length !== r.loss.length) throw new ProtocolError(`${at}: steps and loss differ in length`);
+  if (r.evalSteps.length !== r.evalLoss.length) throw new ProtocolError(`${at}: evalSteps and evalLoss differ in length`);
+  return r;
+}
+
 const RUN_ID = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
 function runId(o: Obj, at: string): string {
   const id = str(o, 'runId', at, 128);
@@ -409,6 +431,14 @@ export function parseHostMessage(v: unknown): Parsed<HostMessage> {
                          totalBytes: num(o, 'totalBytes', at, 0), done: bool(o, 'done', at) }, ['error']);
       case 'notice':
         return withOpt({ type, level: oneOf(o, 'level', at, ['info', 'warning', 'error'] as const), message: str(o, 'message', at) }, ['hint']);
+      case 'compare':
+        return { type, runs: arr(o, 'runs', at, parseCompareRun, 32), diff: arr(o, 'diff', at, (d, p) => {
+          const dobj = obj(d, p);
+          return { field: str(dobj, 'field', p, 200), values: arr(dobj, 'values', p, (x, px) => {
+            if (typeof x !== 'string') throw new ProtocolError(`${px}: expected a string`);
+            return x;
+          }, 32) };
+        }, 500) };
       default:
         throw new ProtocolError(`message.type: "${type}" is not a host message`);
     }

@@ -19,19 +19,49 @@ function attr(s: string): string {
   return s.replace(/&/g, '&amp;').replace(/"/g, '&quot;').replace(/</g, '&lt;');
 }
 
-export function renderPanelHtml(o: PanelHtmlOptions): string {
-  const nonce = o.nonce ?? makeNonce();
-  // Scripts only with the nonce; stylesheets and fonts only from the extension; images from
-  // the extension and data: (uPlot draws to canvas, nothing else loads). The toolkit (FAST)
-  // probes for :focus-visible with a <style> element that carries the nonce it reads from
-  // the csp-nonce meta tag, hence the style nonce.
-  const csp = [
+/**
+ * Scripts only with the nonce; stylesheets and fonts only from the extension; images from
+ * the extension and data: (uPlot draws to canvas, nothing else loads). The toolkit (FAST)
+ * probes for :focus-visible with a <style> element that carries the nonce it reads from
+ * the csp-nonce meta tag, hence the style nonce.
+ */
+function contentSecurityPolicy(cspSource: string, nonce: string): string {
+  return [
     "default-src 'none'",
     `script-src 'nonce-${nonce}'`,
-    `style-src ${o.cspSource} 'nonce-${nonce}'`,
-    `font-src ${o.cspSource}`,
-    `img-src ${o.cspSource} data:`,
+    `style-src ${cspSource} 'nonce-${nonce}'`,
+    `font-src ${cspSource}`,
+    `img-src ${cspSource} data:`,
   ].join('; ');
+}
+
+/** The Compare Runs page: one overlaid loss chart and a table of differing settings. */
+export function renderCompareHtml(o: PanelHtmlOptions): string {
+  const nonce = o.nonce ?? makeNonce();
+  return `<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="UTF-8">
+<meta http-equiv="Content-Security-Policy" content="${attr(contentSecurityPolicy(o.cspSource, nonce))}">
+<meta property="csp-nonce" content="${nonce}">
+<meta name="viewport" content="width=device-width, initial-scale=1.0">
+<link rel="stylesheet" href="${attr(o.styleUri)}">
+<title>Compare Runs</title>
+</head>
+<body class="compare">
+<h3>Compare runs</h3>
+<div id="compare-chart" class="chart" data-series="0"></div>
+<h3>Settings that differ</h3>
+<table id="compare-diff" class="diff-table"></table>
+<div id="compare-empty" class="muted" hidden>The runs use the same settings.</div>
+<script nonce="${nonce}" src="${attr(o.scriptUri)}"></script>
+</body>
+</html>`;
+}
+
+export function renderPanelHtml(o: PanelHtmlOptions): string {
+  const nonce = o.nonce ?? makeNonce();
+  const csp = contentSecurityPolicy(o.cspSource, nonce);
   return `<!DOCTYPE html>
 <html lang="en">
 <head>

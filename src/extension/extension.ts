@@ -1,0 +1,123 @@
+// Entry point. activate() only constructs and registers: every disposable goes into
+// context.subscriptions and nothing heavy runs here (core modules that load the tokenizer
+// or scan folders are imported lazily by the code that needs them).
+
+import * as vscode from 'vscode';
+import * as path from 'node:path';
+import { DatasetWatcher } from './datasetWatcher';
+import { OutputLog } from './log';
+import { PathGuard } from './pathGuard';
+import { RunItem, RunsTreeProvider } from './runsTree';
+import { TrainingStatusBar } from './statusBar';
+import { TrainingController } from './training';
+import { TrainingViewProvider } from './trainingView';
+import { compareRuns } from './compare';
+
+/** What the integration tests reach through the extension's exports. */
+export interface LoraStudioApi {
+  training: TrainingController;
+  runs: RunsTreeProvider;
+  view: TrainingViewProvider;
+  runsRoot(): string | null;
+  activationMs: number;
+}
+
+function runsRoot(): string | null {
+  const folder = vscode.workspace.workspaceFolders?.[0];
+  const setting = vscode.workspace.getConfiguration('loraStudio', folder?.uri).get<string>('runsFolder', '.lora-studio/runs') || '.lora-studio/runs';
+  if (path.isAbsolute(setting)) return setting;
+  return folder ? path.join(folder.uri.fsPath, setting) : null;
+}
+
+export function activate(context: vscode.ExtensionContext): LoraStudioApi {
+  const t0 = performance.now();
+  const log = new OutputLog();
+  const statusBar = new TrainingStatusBar();
+  const guard = new PathGuard(() => (vscode.workspace.workspaceFolders ?? []).map((f) => f.uri.fsPath));
+  let view: TrainingViewProvider | undefined;
+  const datasets = new DatasetWatcher(log, (file) => void view?.selectDataset(file));
+  const training = new TrainingController(log, statusBar, runsRoot, (file) => void datasets.watch(file), context.extensionUri.fsPath);
+  view = new TrainingViewProvider(context.extensionUri, guard, training, log);
+  training.setUi(view);
+  const runs = new RunsTreeProvider(runsRoot);
+  const runsView = vscode.window.createTreeView('loraStudio.runsView', { treeDataProvider: runs, canSelectMany: true, showCollapseAll: true });
+
+  const pickRun = async (arg: unknown, prompt: string, filter: (r: RunItem['run']) => boolean = () => true): Promise<string | null> => {
+    if (arg instanceof RunItem) return arg.run.dir;
+    if (typeof arg === 'string') return arg;
+    const selected = runsView.selection.find((s): s is RunItem => s instanceof RunItem);
+    if (selected && filter(selected.run)) return selected.run.dir;
+    const list = (await runs.list()).filter(filter);
+    if (!list.length) {
+      void vscode.window.showInformationMessage('LoRA Studio: no matching runs.');
+      return null;
+    }
+    const pick = await vscode.window.showQuickPick(list.map((r) => ({ label: r.name, description: `${r.status} · ${r.step} steps`, detail: r.dir, dir: r.dir })), { placeHolder: prompt });
+    return pick?.dir ?? null;
+  };
+
+  const command = (id: string, fn: (...args: any[]) => unknown) => vscode.commands.registerCommand(id, fn);
+
+  context.subscriptions.push(
+    log, statusBar, datasets, training, view, runs, runsView,
+    vscode.window.registerWebviewViewProvider(TrainingViewProvider.viewId, view, { webviewOptions: { retainContextWhenHidden: true } }),
+    training.onDidChangeRuns(() => runs.refresh()),
+    vscode.workspace.onDidGrantWorkspaceTrust(() => void view?.setTrust(true)),
+    vscode.workspace.onDidChangeConfiguration((e) => {
+      if (e.affectsConfiguration('loraStudio.runsFolder')) runs.refresh();
+    }),
+
+    command('loraStudio.newTrainingRun', () => view!.reveal()),
+    command('loraStudio.fineTuneDataset', async (uri?: vscode.Uri) => {
+      const target = uri instanceof vscode.Uri ? uri : vscode.window.activeTextEditor?.document.uri;
+      if (!target || target.scheme !== 'file' || !/\.(jsonl|json|csv)$/i.test(target.fsPath)) {
+        void vscode.window.showWarningMessage('LoRA Studio: choose a .jsonl, .json or .csv dataset file.');
+        return;
+      }
+      view!.reveal();
+      await view!.selectDataset(target.fsPath);
+    }),
+    command('loraStudio.stopTraining', () => training.stop()),
+    command('loraStudio.resumeRun', async (arg?: unknown) => {
+      const dir = await pickRun(arg, 'Run to resume', (r) => r.status !== 'running' && r.status !== 'completed' && r.lastCheckpoint !== null);
+      if (dir) await training.resume(dir);
+    }),
+    command('loraStudio.openRun', async (arg?: unknown) => {
+      const dir = await pickRun(arg, 'Run to open');
+      if (dir) training.openRun(dir);
+    }),
+    command('loraStudio.compareRuns', async (arg?: unknown, selected?: unknown[]) => {
+      const chosen = (selected ?? runsView.selection).filter((s): s is RunItem => s instanceof RunItem).map((s) => s.run);
+      let dirs = chosen.map((r) => r.dir);
+      if (dirs.length < 2) {
+        const list = await runs.list();
+        const picks = await vscode.window.showQuickPick(
+          list.map((r) => ({ label: r.name, description: `${r.status} · ${r.step} steps`, picked: dirs.includes(r.dir) || (arg instanceof RunItem && arg.run.dir === r.dir), dir: r.dir })),
+          { canPickMany: true, placeHolder: 'Runs to compare (two or more)' });
+        dirs = (picks ?? []).map((p) => p.dir);
+      }
+      if (dirs.length < 2) {
+        if (dirs.length === 1) void vscode.window.showInformationMessage('LoRA Studio: pick at least two runs to compare.');
+        return;
+      }
+      compareRuns(context.extensionUri, dirs);
+    }),
+    command('loraStudio.revealAdapter', async (arg?: unknown) => {
+      const dir = await pickRun(arg, 'Run whose adapter to reveal', (r) => r.adapter !== null);
+      if (dir) await training.revealAdapter(path.basename(dir));
+    }),
+    command('loraStudio.showRuntimeLog', () => log.show()),
+    command('loraStudio.refreshRuns', () => runs.refresh()),
+  );
+
+  // Follow a run that kept training across a window reload; after activation, not during it.
+  setTimeout(() => void training.reattach().catch((e) => log.error(`re-attach: ${(e as Error).message}`)), 0);
+
+  const activationMs = performance.now() - t0;
+  log.info(`activated in ${activationMs.toFixed(1)} ms`);
+  return { training, runs, view, runsRoot, activationMs };
+}
+
+export function deactivate(): void {
+  // Disposables in context.subscriptions are released by VS Code; a running job keeps going.
+}
