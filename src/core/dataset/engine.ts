@@ -270,12 +270,22 @@ export class DataEngine {
           file: o.data,
         });
       }
-      return { summary: this.summary(files), diagnostics: this.sink.list(), trainPath: trainWriter ? this.trainPath : null, evalPath };
+      return { summary: this.summary(files), diagnostics: this.sortedDiagnostics(), trainPath: trainWriter ? this.trainPath : null, evalPath };
     } catch (err) {
       this.splits.train.writer?.abort();
       this.splits.eval.writer?.abort();
       throw err;
     }
+  }
+
+  /** In file order (data, eval data, then model files), by line: how an editor lists them. */
+  private sortedDiagnostics(): Diagnostic[] {
+    const rank = (d: Diagnostic) => (d.file === this.o.data ? 0 : d.file === this.o.evalData ? 1 : 2);
+    return this.sink
+      .list()
+      .map((d, i) => ({ d, i }))
+      .sort((a, b) => rank(a.d) - rank(b.d) || (a.d.line ?? Infinity) - (b.d.line ?? Infinity) || a.i - b.i)
+      .map((x) => x.d);
   }
 
   private fileSummary(r: ExampleReader, role: Side): FileSummary {
