@@ -338,7 +338,9 @@ function numbers(o: Obj, k: string, at: string): number[] {
 }
 function parseCompareRun(v: unknown, at: string): CompareRun {
   const o = obj(v, at);
-  const r = { id: runId(o, at), label: str(o, 'label', at, 300), status: str(o, 'status', at, 32), steps: numbers(o, 'steps', at),
+  const id = str(o, 'id', at, 128);
+  if (!RUN_ID.test(id)) throw new ProtocolError(`${at}.id: "${id}" is not a run id`);
+  const r = { id, label: str(o, 'label', at, 300), status: str(o, 'status', at, 32), steps: numbers(o, 'steps', at),
               loss: numbers(o, 'loss', at), evalSteps: numbers(o, 'evalSteps', at), evalLoss: numbers(o, 'evalLoss', at) };
   if (r.steps.length !== r.loss.length) throw new ProtocolError(`${at}: steps and loss differ in length`);
   if (r.evalSteps.length !== r.evalLoss.length) throw new ProtocolError(`${at}: evalSteps and evalLoss differ in length`);

@@ -1,0 +1,113 @@
+// The extension inside a real VS Code (code-server in headless Chromium, started by
+// test/integration/run.mjs). The workspace holds a tiny generated Llama model and a chat
+// dataset; .vscode/settings.json points loraStudio.defaultModelFolder at the model.
+// The "Fine-tune on This Dataset" test needs run.mjs to click Start inside the panel's
+// webview, as a user would.
+
+import * as assert from 'node:assert/strict';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import * as vscode from 'vscode';
+import type { LoraStudioApi } from '../../../src/extension/extension';
+import { applyPreset, defaultConfig } from '../../../src/core/config';
+import { metrics } from './index';
+
+const EXTENSION_ID = 'lora-studio.lora-studio';
+const COMMANDS = [
+  'loraStudio.newTrainingRun', 'loraStudio.fineTuneDataset', 'loraStudio.stopTraining', 'loraStudio.resumeRun',
+  'loraStudio.openRun', 'loraStudio.compareRuns', 'loraStudio.revealAdapter', 'loraStudio.showRuntimeLog',
+];
+
+async function waitFor<T>(what: string, fn: () => T | undefined | null | false | Promise<T | undefined | null | false>, timeoutMs: number): Promise<T> {
+  const until = Date.now() + timeoutMs;
+  for (;;) {
+    const v = await fn();
+    if (v) return v;
+    if (Date.now() > until) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 250));
+  }
+}
+
+function workspaceRoot(): string {
+  const f = vscode.workspace.workspaceFolders?.[0];
+  assert.ok(f, 'the test workspace is open');
+  return f.uri.fsPath;
+}
+
+describe('LoRA Studio in VS Code', () => {
+  let api: LoraStudioApi;
+
+  it('activates and exposes its API', async () => {
+    const ext = vscode.extensions.getExtension<LoraStudioApi>(EXTENSION_ID);
+    assert.ok(ext, `extension ${EXTENSION_ID} is installed in the development host`);
+    api = await ext.activate();
+    assert.ok(api.training && api.runs && api.view, 'the API has training, runs and view');
+    assert.equal(api.runsRoot(), path.join(workspaceRoot(), '.lora-studio', 'runs'));
+    metrics.activationMs = api.activationMs;
+  });
+
+  it('registers every command', async () => {
+    const all = new Set(await vscode.commands.getCommands(true));
+    for (const c of COMMANDS) assert.ok(all.has(c), `${c} is registered`);
+  });
+
+  it('Fine-tune on This Dataset trains the tiny model on the CPU to completion', async () => {
+    const data = vscode.Uri.file(path.join(workspaceRoot(), 'data', 'chat.jsonl'));
+    const before = new Set((await api.runs.list()).map((r) => r.id));
+    await vscode.commands.executeCommand('loraStudio.fineTuneDataset', data);
+    // run.mjs clicks Start in the panel once the model and the dataset are filled in.
+    const run = await waitFor('a new run to start from the panel', async () => (await api.runs.list()).find((r) => !before.has(r.id)), 120_000);
+    await waitFor('the run to finish', () => {
+      const cur = api.training.currentRun();
+      return cur && cur.runId === run.id && cur.status !== 'running';
+    }, 180_000);
+    const cur = api.training.currentRun()!;
+    assert.equal(cur.status, 'completed', `the run completed (events: ${JSON.stringify(cur.events.slice(-3))})`);
+    assert.ok(cur.events.some((e) => e.type === 'step'), 'the panel received step events');
+    const adapter = path.join(run.dir, 'adapter');
+    assert.ok(fs.existsSync(path.join(adapter, 'adapter_model.safetensors')), 'adapter_model.safetensors exists');
+    const cfg = JSON.parse(fs.readFileSync(path.join(adapter, 'adapter_config.json'), 'utf8'));
+    assert.equal(cfg.peft_type, 'LORA');
+    assert.ok(fs.existsSync(path.join(run.dir, 'runtime.log')), 'stderr went to runtime.log');
+    assert.ok(!fs.existsSync(path.join(run.dir, 'runtime.pid')), 'the pid file is removed when the runtime exits');
+  });
+
+  it('lists the finished run in the Runs view with its status and loss', async () => {
+    await vscode.commands.executeCommand('loraStudio.runsView.focus');
+    const items = await api.runs.getChildren();
+    assert.ok(items.length >= 1, 'the Runs view has an item');
+    const first = items[0]!;
+    assert.match(String(first.description), /^completed · \d+\/\d+ steps · loss \d+\.\d{4}/);
+    assert.match(String(first.contextValue), /adapter/);
+    const children = await api.runs.getChildren(first);
+    assert.ok(children.some((c) => c.label === 'adapter'), 'the run shows its adapter');
+  });
+
+  it('Stop Training stops a run mid-way and records it as stopped', async () => {
+    const root = workspaceRoot();
+    const c = applyPreset(defaultConfig(), 'cpu-quick');
+    c.model = path.join(root, 'models', 'tiny');
+    c.data = path.join(root, 'data', 'chat.jsonl');
+    c.train.maxSteps = 100_000;
+    c.train.saveEvery = 0;
+    c.dataOptions.evalSplit = 0;
+    const id = await api.training.start(c);
+    assert.ok(id, 'the run started');
+    await waitFor('the first training steps', () => {
+      const cur = api.training.currentRun();
+      return cur && cur.runId === id && cur.events.filter((e) => e.type === 'step').length >= 2;
+    }, 120_000);
+    await vscode.commands.executeCommand('loraStudio.stopTraining');
+    const cur = api.training.currentRun()!;
+    assert.equal(cur.runId, id);
+    assert.equal(cur.status, 'stopped');
+    const dir = path.join(api.runsRoot()!, id);
+    const lines = fs.readFileSync(path.join(dir, 'events.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l));
+    const done = lines.filter((l) => l.type === 'done');
+    assert.deepEqual(done.map((d) => d.status), ['stopped'], 'one done event, status stopped');
+    assert.ok(done[0].step < 100_000, 'it stopped before the planned end');
+    assert.ok(!fs.existsSync(path.join(dir, 'runtime.pid')), 'the runtime has exited');
+    const listed = (await api.runs.list()).find((r) => r.id === id);
+    assert.equal(listed?.status, 'stopped');
+  });
+});
