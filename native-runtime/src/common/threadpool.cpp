@@ -109,9 +109,10 @@ class ThreadPool {
     t_inside_parallel = false;
   }
 
-  void worker_loop(int index) {
+  // `seen` is the generation when the worker was created: a worker that starts running only
+  // after its first job was posted must still take that job.
+  void worker_loop(int index, uint64_t seen) {
     t_thread_index = index;
-    uint64_t seen = generation_.load(std::memory_order_acquire);
     for (;;) {
       uint64_t current = seen;
       for (int spin = 0; spin < kSpinIterations; ++spin) {
@@ -140,7 +141,9 @@ class ThreadPool {
   void start_workers() {
     if (!workers_.empty()) return;
     stopping_.store(false, std::memory_order_release);
-    for (int i = 1; i < size_; ++i) workers_.emplace_back([this, i] { worker_loop(i); });
+    const uint64_t generation = generation_.load(std::memory_order_acquire);
+    for (int i = 1; i < size_; ++i)
+      workers_.emplace_back([this, i, generation] { worker_loop(i, generation); });
   }
 
   void stop_workers() {
