@@ -164,3 +164,38 @@ test('strftime subset', () => {
   assert.equal(strftime(d, '%d %b %Y'), '26 Jul 2024');
   assert.equal(strftime(d, '%Y-%m-%d %H:%M:%S %A %%'), '2024-07-26 09:05:03 Friday %');
 });
+
+test('the per-role-sequence shortcut gives exactly what rendering every prefix gives', () => {
+  let seed = 12345;
+  const rand = () => ((seed = (seed * 1103515245 + 12345) % 2147483648) / 2147483648);
+  const words = ['Paris', 'capital', ' spaced ', 'ünïcode', '😀', 'line\nbreak', '<tag>', '{{ x }}', 'ok.'];
+  const text = () => Array.from({ length: 1 + Math.floor(rand() * 5) }, () => words[Math.floor(rand() * words.length)]).join(' ');
+  const setups: Array<[string, string, string, string[], boolean]> = [
+    [realTemplate('llama3'), '<|begin_of_text|>', '<|eot_id|>', ['<|eot_id|>'], false],
+    [realTemplate('chatml'), '', '<|im_end|>', ['<|im_end|>'], false],
+    [realTemplate('mistral'), '<s>', '</s>', ['</s>'], true],
+    [realTemplate('gemma'), '<bos>', '<eos>', ['<end_of_turn>'], true],
+    [builtinTemplateSource('alpaca'), '', '</s>', ['</s>'], false],
+  ];
+  let compared = 0;
+  for (const [src, bos, eos, specials, fold] of setups) {
+    for (const turns of ['all', 'last'] as const) {
+      const fast = renderer(src, bos, eos, specials, { assistantTurns: turns, foldSystemIntoUser: fold });
+      const t = new ChatTemplate(src, { source: 'model' }, bos, eos);
+      const slow = new ExampleRenderer(t, conv(specials, eos, bos || null), { trainOn: 'completion', assistantTurns: turns, foldSystemIntoUser: fold }, false);
+      for (let i = 0; i < 60; i++) {
+        const msgs: ChatMessage[] = [];
+        if (rand() < 0.4) msgs.push({ role: 'system', content: text() });
+        const n = 1 + Math.floor(rand() * 3);
+        for (let k = 0; k < n; k++) msgs.push({ role: 'user', content: text() }, { role: 'assistant', content: text() });
+        const a = fast.render({ kind: 'chat', messages: msgs });
+        const b = slow.render({ kind: 'chat', messages: msgs });
+        assert.deepEqual(a, b);
+        compared++;
+      }
+      assert.ok(fast.stats.shortcut > 10, `the shortcut is taken (${fast.stats.shortcut} of 60)`);
+      assert.equal(slow.stats.shortcut, 0);
+    }
+  }
+  assert.equal(compared, 600);
+});

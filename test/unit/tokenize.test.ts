@@ -4,7 +4,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { loadModelTokenizer, resolveTemplate, ModelTokenizer } from '../../src/core/tokenize/modelTokenizer';
 import { ExampleRenderer, RenderOptions } from '../../src/core/tokenize/render';
-import { encodeRendered, TokenizedExample, utf16Index, codePointIndex } from '../../src/core/tokenize/encode';
+import { encodeRendered, TokenizedExample, utf16Index, codePointIndex, spanTokenRanges, spanTokenRangesFromOffsets } from '../../src/core/tokenize/encode';
 import { Example } from '../../src/core/dataset/formats';
 import { DatasetError } from '../../src/core/dataset/diagnostics';
 import { CONVERSATION, makeModelDir, Style, tmpDir } from './datasetHelpers';
@@ -161,4 +161,20 @@ test('a chat template that does not parse is a clear error naming tokenizer_conf
   const tok = await loadModelTokenizer(dir);
   assert.throws(() => resolveTemplate(tok, 'model'), /tokenizer_config\.json: chat_template: the chat template does not parse/);
   assert.doesNotThrow(() => resolveTemplate(tok, 'chatml'));
+});
+
+test('span-to-token lookup by boundaries matches the per-token offsets', async () => {
+  const { dir } = makeModelDir('llama3');
+  const tok = await loadModelTokenizer(dir);
+  const texts = ['Hé 😀x<|eot_id|>abc and more', 'Paris is the capital.<|eot_id|>', 'ünïcödé   spaces\n\nnewlines 🇫🇷 flags'];
+  for (const text of texts) {
+    const enc = await tok.tokenizer.encode(text, null, { addSpecialTokens: false });
+    const n = enc.getLength();
+    const cps = [...text].length;
+    for (let a = 0; a < cps; a += 2) {
+      for (let b = a + 1; b <= cps; b += 3) {
+        assert.deepEqual(spanTokenRanges(enc, n, [[a, b]]), spanTokenRangesFromOffsets(enc, n, [[a, b]]), `${JSON.stringify(text)} [${a}, ${b})`);
+      }
+    }
+  }
 });

@@ -51,14 +51,53 @@ function toCodePointIndex(s: string, utf16: number): number {
   return utf16 - lows;
 }
 
+/**
+ * Token index ranges [first, end) of the spans: a token is trained when it starts inside a
+ * span. Found with a few boundary lookups per span instead of materialising every token's
+ * offsets (getOffsets builds one JS array per token and costs more than the tokenizing).
+ * Null when a boundary character maps to no token (a normalizer removed it); the caller then
+ * falls back to the offsets.
+ */
+export function spanTokenRanges(enc: Encoding, n: number, spans: Array<[number, number]>): Array<[number, number]> | null {
+  const out: Array<[number, number]> = [];
+  const startOf = (t: number): number => enc.tokenToChars(t)![0];
+  for (const [a, b] of spans) {
+    if (b <= a) {
+      out.push([out.length ? out[out.length - 1][1] : 0, out.length ? out[out.length - 1][1] : 0]);
+      continue;
+    }
+    let first = enc.charToToken(a);
+    let last = enc.charToToken(b - 1);
+    if (first === null || first === undefined || last === null || last === undefined) return null;
+    while (first < n && startOf(first) < a) first++;
+    let end = last + 1;
+    while (end < n && startOf(end) < b) end++;
+    if (first > end) first = end;
+    out.push([first, end]);
+  }
+  return out;
+}
+
+export function spanTokenRangesFromOffsets(enc: Encoding, n: number, spans: Array<[number, number]>): Array<[number, number]> {
+  const offsets = enc.getOffsets();
+  const out: Array<[number, number]> = [];
+  let t = 0;
+  for (const [a, b] of spans) {
+    while (t < n && offsets[t][0] < a) t++;
+    const first = t;
+    while (t < n && offsets[t][0] < b) t++;
+    out.push([first, t]);
+  }
+  return out;
+}
+
 export function buildTokens(enc: Encoding, r: RenderedExample, conv: EncodeConventions, withSources = false): TokenizedExample {
   const ids = enc.getIds();
-  const offsets = enc.getOffsets();
   const n = ids.length;
   const prefix = r.addPrefix ? conv.prefixIds : [];
   let inserts = 0;
-  for (const e of r.eosAfter) if (e) inserts++;
-  const total = prefix.length + n + (conv.eosId === null ? 0 : inserts);
+  if (conv.eosId !== null) for (const e of r.eosAfter) if (e) inserts++;
+  const total = prefix.length + n + inserts;
   const outIds = new Uint32Array(total);
   const outMask = new Uint8Array(total);
   const sources = withSources ? new Int32Array(total).fill(-1) : null;
@@ -67,32 +106,29 @@ export function buildTokens(enc: Encoding, r: RenderedExample, conv: EncodeConve
 
   let spans = r.spans;
   if (hasSurrogates(r.text)) spans = spans.map(([a, b]) => [toCodePointIndex(r.text, a), toCodePointIndex(r.text, b)] as [number, number]);
+  const ranges = spanTokenRanges(enc, n, spans) ?? spanTokenRangesFromOffsets(enc, n, spans);
 
-  let si = 0;
-  for (let t = 0; t < n; t++) {
-    const start = offsets[t][0];
-    // Close every span that ends at or before this token, inserting EOS where the template
-    // left the answer open.
-    while (si < spans.length && start >= spans[si][1]) {
-      if (r.eosAfter[si] && conv.eosId !== null) {
-        outIds[k] = conv.eosId;
-        outMask[k++] = 1;
-      }
-      si++;
+  let t = 0;
+  for (let si = 0; si < ranges.length; si++) {
+    const [first, end] = ranges[si];
+    for (; t < end; t++) {
+      if (sources) sources[k] = t;
+      outIds[k] = ids[t];
+      outMask[k++] = t >= first ? 1 : 0;
     }
-    if (sources) sources[k] = t;
-    outIds[k] = ids[t];
-    outMask[k++] = si < spans.length && start >= spans[si][0] ? 1 : 0;
-  }
-  while (si < spans.length) {
+    // The template left this answer open: EOS closes it, and is trained.
     if (r.eosAfter[si] && conv.eosId !== null) {
       outIds[k] = conv.eosId;
       outMask[k++] = 1;
     }
-    si++;
   }
-  const out: TokenizedExample = { ids: k === total ? outIds : outIds.subarray(0, k), mask: k === total ? outMask : outMask.subarray(0, k) };
-  if (sources) out.sources = sources.subarray(0, k);
+  for (; t < n; t++) {
+    if (sources) sources[k] = t;
+    outIds[k] = ids[t];
+    outMask[k++] = 0;
+  }
+  const out: TokenizedExample = { ids: outIds, mask: outMask };
+  if (sources) out.sources = sources;
   return out;
 }
 

@@ -39,13 +39,38 @@ export interface TokenConventions {
   specialTokens: ReadonlySet<string>;
 }
 
+/**
+ * What a template does with one sequence of roles, learned by rendering placeholder contents:
+ * the literal text between the messages and the answer spans. A row with the same roles is
+ * then rendered once and checked against it, instead of once per assistant turn.
+ */
+interface Skeleton {
+  /** Literal text around the placeholders: pieces[0] + content[order[0]] + pieces[1] + ... */
+  pieces: string[];
+  order: number[];
+  /** Spans and EOS flags in skeleton coordinates, mapped by the placeholder positions. */
+  spans: Array<[number, number]>;
+  eosAfter: boolean[];
+  /** Start of each placeholder in the skeleton text, in order, and its length. */
+  holeStarts: number[];
+  holeLengths: number[];
+}
+
+const HOLE_OPEN = '\u0001';
+const HOLE_CLOSE = '\u0002';
+
 export class ExampleRenderer {
   private readonly closers: string[];
+  private readonly skeletons = new Map<string, Skeleton | null>();
+  /** How many conversations took the one-render shortcut vs. rendering every prefix. */
+  readonly stats = { shortcut: 0, prefixes: 0 };
 
   constructor(
     private readonly template: ChatTemplate | null,
     private readonly conv: TokenConventions,
     private readonly opts: RenderOptions,
+    /** Off in tests that compare the shortcut with rendering every prefix. */
+    private readonly useSkeletons = true,
   ) {
     // Longest first so that "</s>" is not mistaken for a shorter special ending it.
     const set = new Set(conv.specialTokens);
@@ -96,8 +121,81 @@ export class ExampleRenderer {
   private chat(original: ChatMessage[]): RenderResult {
     if (!this.template) return { ok: false, code: 'template-error', message: 'no chat template to render a conversation with' };
     const messages = this.opts.foldSystemIntoUser ? foldSystemIntoUser(original) : original;
-    const hasSystem = messages.some((m) => m.role === 'system');
     const full = this.renderSafe(messages, false);
+    if (this.useSkeletons && typeof full === 'string') {
+      const fast = this.fromSkeleton(messages, full);
+      if (fast) {
+        this.stats.shortcut++;
+        return fast;
+      }
+    }
+    this.stats.prefixes++;
+    return this.chatByPrefixes(messages, full);
+  }
+
+  private skeletonFor(messages: ChatMessage[]): Skeleton | null {
+    let key = '';
+    for (const m of messages) key += m.role[0];
+    let sk = this.skeletons.get(key);
+    if (sk !== undefined) return sk;
+    sk = null;
+    const holes = messages.map((m, i) => ({ role: m.role, content: `${HOLE_OPEN}${i}${HOLE_CLOSE}` }));
+    const res = this.chatByPrefixes(holes, this.renderSafe(holes, false));
+    if (res.ok) {
+      const text = res.rendered.text;
+      const holeStarts: number[] = [];
+      const holeLengths: number[] = [];
+      const order: number[] = [];
+      const pieces: string[] = [];
+      let at = 0;
+      let fine = true;
+      for (;;) {
+        const open = text.indexOf(HOLE_OPEN, at);
+        if (open < 0) break;
+        const close = text.indexOf(HOLE_CLOSE, open);
+        const idx = close < 0 ? NaN : Number(text.slice(open + 1, close));
+        if (!Number.isInteger(idx) || idx < 0 || idx >= messages.length || order.includes(idx)) {
+          fine = false;
+          break;
+        }
+        pieces.push(text.slice(at, open));
+        order.push(idx);
+        holeStarts.push(open);
+        holeLengths.push(close + 1 - open);
+        at = close + 1;
+      }
+      pieces.push(text.slice(at));
+      // Every message must be rendered exactly once, and no span boundary may cut a placeholder.
+      if (fine && order.length === messages.length) {
+        const inside = (p: number) => holeStarts.some((h, k) => p > h && p < h + holeLengths[k]);
+        if (!res.rendered.spans.some(([a, b]) => inside(a) || inside(b))) {
+          sk = { pieces, order, spans: res.rendered.spans, eosAfter: res.rendered.eosAfter, holeStarts, holeLengths };
+        }
+      }
+    }
+    this.skeletons.set(key, sk);
+    return sk;
+  }
+
+  /** The rendering of a row whose roles have a skeleton, if the template treated it the same way. */
+  private fromSkeleton(messages: ChatMessage[], full: string): RenderResult | null {
+    const sk = this.skeletonFor(messages);
+    if (!sk) return null;
+    let assembled = sk.pieces[0];
+    for (let k = 0; k < sk.order.length; k++) assembled += messages[sk.order[k]].content + sk.pieces[k + 1];
+    if (assembled !== full) return null;
+    const shiftAt = (p: number): number => {
+      let shift = 0;
+      for (let k = 0; k < sk.holeStarts.length && sk.holeStarts[k] < p; k++) shift += messages[sk.order[k]].content.length - sk.holeLengths[k];
+      return p + shift;
+    };
+    const spans = sk.spans.map(([a, b]) => [shiftAt(a), shiftAt(b)] as [number, number]);
+    return { ok: true, rendered: { text: full, spans, eosAfter: sk.eosAfter.slice(), addPrefix: this.needsPrefix(full), messages } };
+  }
+
+  /** Masks by rendering each assistant turn's prefix: the reference method. */
+  private chatByPrefixes(messages: ChatMessage[], full: string | TemplateRenderError): RenderResult {
+    const hasSystem = messages.some((m) => m.role === 'system');
     if (full instanceof TemplateRenderError) {
       return {
         ok: false,
