@@ -285,3 +285,21 @@ test('lines: a 20 MB file streams in bounded memory', async () => {
   assert.equal(lines, 20000);
   assert.ok(maxBatchChars < 2 * (1 << 16), `one batch holds at most about one chunk (${maxBatchChars})`);
 });
+
+test('JSON Lines diagnostics point at the column of the offending key or value', async () => {
+  const rows = [
+    '{"messages": [{"role": "user", "content": "q"}, {"role": "wizard", "content": "a"}]}',
+    '{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": ""}]}',
+    '{"nothing": 1}',
+  ];
+  const file = tmpFile('d.jsonl', rows.join('\n'));
+  const r = await examples(file);
+  const col = (line: number) => r.diagnostics.find((d) => d.line === line)!.column;
+  assert.equal(col(1), rows[0].indexOf('"role": "wizard"') + 1);
+  assert.equal(col(2), rows[1].lastIndexOf('"content"') + 1);
+  assert.equal(col(3), 1);
+  const alpaca = '{"instruction": "x", "output": 5}';
+  const a = await examples(tmpFile('a.jsonl', alpaca));
+  assert.equal(a.diagnostics[0].code, 'wrong-type');
+  assert.equal(a.diagnostics[0].column, alpaca.indexOf('"output"') + 1);
+});

@@ -42,7 +42,6 @@ export const DIAGNOSTIC_CODES = {
   'over-length': 'warning',
   'duplicate-row': 'warning',
   'train-eval-overlap': 'warning',
-  'mixed-format': 'warning',
   'empty-message': 'warning',
   'eos-appended': 'info',
   'fallback-template': 'info',

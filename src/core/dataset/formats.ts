@@ -105,9 +105,28 @@ export interface ConvertContext {
 
 export type ConvertResult = { ok: true; example: Example } | { ok: false; diagnostics: Diagnostic[] };
 
-function fail(ctx: ConvertContext, rec: SourceRecord, code: Parameters<typeof diagnostic>[0], message: string, hint?: string): ConvertResult {
-  return { ok: false, diagnostics: [diagnostic(code, { message, file: ctx.file, line: rec.line, row: rec.row, hint })] };
+/** Where in the record's line to point: the n-th occurrence of `needle` (a JSON key or value). */
+export interface Anchor {
+  needle: string;
+  nth?: number;
 }
+
+function columnOf(rec: SourceRecord, anchor?: Anchor): number | undefined {
+  if (rec.text === undefined) return undefined;
+  if (!anchor) return 1;
+  let at = -1;
+  for (let k = 0; k <= (anchor.nth ?? 0); k++) {
+    at = rec.text.indexOf(anchor.needle, at + 1);
+    if (at < 0) return 1;
+  }
+  return at + 1;
+}
+
+function fail(ctx: ConvertContext, rec: SourceRecord, code: Parameters<typeof diagnostic>[0], message: string, hint?: string, anchor?: Anchor): ConvertResult {
+  return { ok: false, diagnostics: [diagnostic(code, { message, file: ctx.file, line: rec.line, column: columnOf(rec, anchor), row: rec.row, hint })] };
+}
+
+const key = (k: string, nth = 0): Anchor => ({ needle: JSON.stringify(k), nth });
 
 /** Text of a message content: a string, or OpenAI-style parts [{type: "text", text}]. */
 function contentText(v: unknown): string | null {
@@ -136,33 +155,33 @@ function convertMessageList(
     try {
       list = JSON.parse(list);
     } catch {
-      return { ok: false, result: fail(ctx, rec, 'wrong-type', `"${field}" is not a JSON list of messages`, 'in a CSV file, the cell must hold the JSON text of the message list') };
+      return { ok: false, result: fail(ctx, rec, 'wrong-type', `"${field}" is not a JSON list of messages`, 'in a CSV file, the cell must hold the JSON text of the message list', key(field)) };
     }
   }
-  if (!Array.isArray(list)) return { ok: false, result: fail(ctx, rec, 'wrong-type', `"${field}" must be a list of messages, found ${typeName(list)}`) };
-  if (list.length === 0) return { ok: false, result: fail(ctx, rec, 'missing-field', `"${field}" is an empty list`) };
+  if (!Array.isArray(list)) return { ok: false, result: fail(ctx, rec, 'wrong-type', `"${field}" must be a list of messages, found ${typeName(list)}`, undefined, key(field)) };
+  if (list.length === 0) return { ok: false, result: fail(ctx, rec, 'missing-field', `"${field}" is an empty list`, undefined, key(field)) };
   const messages: ChatMessage[] = [];
   for (let i = 0; i < list.length; i++) {
     const m = list[i];
     const where = `${field}[${i}]`;
-    if (!isObject(m)) return { ok: false, result: fail(ctx, rec, 'wrong-type', `${where} must be an object with "${roleKey}" and "${contentKey}", found ${typeName(m)}`) };
+    if (!isObject(m)) return { ok: false, result: fail(ctx, rec, 'wrong-type', `${where} must be an object with "${roleKey}" and "${contentKey}", found ${typeName(m)}`, undefined, key(field)) };
     let rk = roleKey;
     let ck = contentKey;
     // Tolerate the other convention inside either list (role/content inside "conversations").
     if (!(rk in m) && ('role' in m || 'from' in m)) rk = 'role' in m ? 'role' : 'from';
     if (!(ck in m) && ('content' in m || 'value' in m)) ck = 'content' in m ? 'content' : 'value';
-    if (!(rk in m)) return { ok: false, result: fail(ctx, rec, 'missing-field', `${where} has no "${roleKey}"`) };
-    if (!(ck in m)) return { ok: false, result: fail(ctx, rec, 'missing-field', `${where} has no "${contentKey}"`) };
+    if (!(rk in m)) return { ok: false, result: fail(ctx, rec, 'missing-field', `${where} has no "${roleKey}"`, undefined, key(field)) };
+    if (!(ck in m)) return { ok: false, result: fail(ctx, rec, 'missing-field', `${where} has no "${contentKey}"`, undefined, key(rk, i)) };
     const rawRole = m[rk];
     const role = typeof rawRole === 'string' ? ROLE_ALIASES[rawRole.toLowerCase()] : undefined;
     if (!role) {
       return {
         ok: false,
-        result: fail(ctx, rec, 'unknown-role', `${where} has the unknown role ${JSON.stringify(rawRole)}`, `supported roles: system, user, assistant (also ShareGPT's human, gpt)`),
+        result: fail(ctx, rec, 'unknown-role', `${where} has the unknown role ${JSON.stringify(rawRole)}`, `supported roles: system, user, assistant (also ShareGPT's human, gpt)`, key(rk, i)),
       };
     }
     const content = contentText(m[ck]);
-    if (content === null) return { ok: false, result: fail(ctx, rec, 'wrong-type', `${where}.${ck} must be text, found ${typeName(m[ck])}`) };
+    if (content === null) return { ok: false, result: fail(ctx, rec, 'wrong-type', `${where}.${ck} must be text, found ${typeName(m[ck])}`, undefined, key(ck, i)) };
     messages.push({ role, content });
   }
   return { ok: true, messages };
@@ -175,7 +194,7 @@ function typeName(v: unknown): string {
 }
 
 /** Checks a chat for content that cannot be trained on; returns a failure or null. */
-function checkChat(messages: ChatMessage[], ctx: ConvertContext, rec: SourceRecord, warnings: Diagnostic[]): ConvertResult | null {
+function checkChat(messages: ChatMessage[], ctx: ConvertContext, rec: SourceRecord, warnings: Diagnostic[], contentKey: string, listKey: string): ConvertResult | null {
   let assistants = 0;
   for (let i = 0; i < messages.length; i++) {
     const m = messages[i];
@@ -184,11 +203,11 @@ function checkChat(messages: ChatMessage[], ctx: ConvertContext, rec: SourceReco
       continue;
     }
     if (m.role === 'assistant') {
-      return fail(ctx, rec, 'empty-answer', `message ${i} (assistant) is empty`, 'remove the row or write the answer; an empty answer teaches the model to say nothing');
+      return fail(ctx, rec, 'empty-answer', `message ${i} (assistant) is empty`, 'remove the row or write the answer; an empty answer teaches the model to say nothing', key(contentKey, i));
     }
-    warnings.push(diagnostic('empty-message', { message: `message ${i} (${m.role}) is empty`, file: ctx.file, line: rec.line, row: rec.row }));
+    warnings.push(diagnostic('empty-message', { message: `message ${i} (${m.role}) is empty`, file: ctx.file, line: rec.line, column: columnOf(rec, key(contentKey, i)), row: rec.row }));
   }
-  if (assistants === 0) return fail(ctx, rec, 'no-assistant-turn', 'the conversation has no assistant message to learn from', 'add the assistant\'s answer as the last message');
+  if (assistants === 0) return fail(ctx, rec, 'no-assistant-turn', 'the conversation has no assistant message to learn from', 'add the assistant\'s answer as the last message', key(listKey));
   return null;
 }
 
@@ -208,7 +227,7 @@ export function convertRecord(rec: SourceRecord, format: DataFormat, ctx: Conver
       const field = format === 'messages' ? 'messages' : 'conversations';
       const conv = convertMessageList(v[field], field, format === 'messages' ? 'role' : 'from', format === 'messages' ? 'content' : 'value', ctx, rec);
       if (!conv.ok) return conv.result;
-      const bad = checkChat(conv.messages, ctx, rec, warnings);
+      const bad = checkChat(conv.messages, ctx, rec, warnings, format === 'messages' ? 'content' : 'value', field);
       if (bad) return bad;
       return { ok: true, example: { kind: 'chat', messages: conv.messages }, warnings };
     }
@@ -218,14 +237,14 @@ export function convertRecord(rec: SourceRecord, format: DataFormat, ctx: Conver
       const output = v.output;
       const system = v.system ?? '';
       for (const [k, val] of [['instruction', instruction], ['input', input], ['output', output], ['system', system]] as const) {
-        if (typeof val !== 'string') return fail(ctx, rec, 'wrong-type', `"${k}" must be text, found ${typeName(val)}`);
+        if (typeof val !== 'string') return fail(ctx, rec, 'wrong-type', `"${k}" must be text, found ${typeName(val)}`, undefined, key(k));
       }
       const user = (input as string).trim() ? `${instruction as string}\n\n${input as string}` : (instruction as string);
       const messages: ChatMessage[] = [];
       if ((system as string).trim()) messages.push({ role: 'system', content: system as string });
       messages.push({ role: 'user', content: user }, { role: 'assistant', content: output as string });
-      if ((output as string).trim() === '') return fail(ctx, rec, 'empty-answer', '"output" is empty', 'remove the row or write the answer');
-      if (user.trim() === '') warnings.push(diagnostic('empty-message', { message: '"instruction" is empty', file: ctx.file, line: rec.line, row: rec.row }));
+      if ((output as string).trim() === '') return fail(ctx, rec, 'empty-answer', '"output" is empty', 'remove the row or write the answer', key('output'));
+      if (user.trim() === '') warnings.push(diagnostic('empty-message', { message: '"instruction" is empty', file: ctx.file, line: rec.line, column: columnOf(rec, key('instruction')), row: rec.row }));
       return { ok: true, example: { kind: 'chat', messages }, warnings };
     }
     case 'prompt_completion': {
@@ -238,19 +257,19 @@ export function convertRecord(rec: SourceRecord, format: DataFormat, ctx: Conver
         const c = convertMessageList(completion, 'completion', 'role', 'content', ctx, rec);
         if (!c.ok) return c.result;
         const messages = p.messages.concat(c.messages);
-        const bad = checkChat(messages, ctx, rec, warnings);
+        const bad = checkChat(messages, ctx, rec, warnings, 'content', 'completion');
         if (bad) return bad;
         return { ok: true, example: { kind: 'chat', messages }, warnings };
       }
-      if (typeof prompt !== 'string') return fail(ctx, rec, 'wrong-type', `"prompt" must be text, found ${typeName(prompt)}`);
-      if (typeof completion !== 'string') return fail(ctx, rec, 'wrong-type', `"completion" must be text, found ${typeName(completion)}`);
-      if (completion.trim() === '') return fail(ctx, rec, 'empty-answer', '"completion" is empty', 'remove the row or write the completion');
+      if (typeof prompt !== 'string') return fail(ctx, rec, 'wrong-type', `"prompt" must be text, found ${typeName(prompt)}`, undefined, key('prompt'));
+      if (typeof completion !== 'string') return fail(ctx, rec, 'wrong-type', `"completion" must be text, found ${typeName(completion)}`, undefined, key('completion'));
+      if (completion.trim() === '') return fail(ctx, rec, 'empty-answer', '"completion" is empty', 'remove the row or write the completion', key('completion'));
       return { ok: true, example: { kind: 'completion', prompt, completion }, warnings };
     }
     case 'text': {
       const text = v.text;
-      if (typeof text !== 'string') return fail(ctx, rec, 'wrong-type', `"text" must be a string, found ${typeName(text)}`);
-      if (text.trim() === '') return fail(ctx, rec, 'empty-text', '"text" is empty');
+      if (typeof text !== 'string') return fail(ctx, rec, 'wrong-type', `"text" must be a string, found ${typeName(text)}`, undefined, key('text'));
+      if (text.trim() === '') return fail(ctx, rec, 'empty-text', '"text" is empty', undefined, key('text'));
       return { ok: true, example: { kind: 'text', text }, warnings };
     }
   }
@@ -280,7 +299,7 @@ export class FormatResolver {
   resolve(rec: SourceRecord): { format: DataFormat } | { diagnostic: Diagnostic } {
     const v = rec.value;
     if (!isObject(v)) {
-      return { diagnostic: diagnostic('not-an-object', { message: `row must be a JSON object, found ${typeName(v)}`, file: this.file, line: rec.line, row: rec.row }) };
+      return { diagnostic: diagnostic('not-an-object', { message: `row must be a JSON object, found ${typeName(v)}`, file: this.file, line: rec.line, column: columnOf(rec), row: rec.row }) };
     }
     if (this.resolved && this.resolved !== 'messages' && this.resolved !== 'sharegpt') return { format: this.resolved };
     const own = detectRowFormat(v);
@@ -300,6 +319,7 @@ export class FormatResolver {
           message: `missing field${near.missing.length > 1 ? 's' : ''} ${near.missing.map((k) => `"${k}"`).join(', ')} (${near.spec.format} format)`,
           file: this.file,
           line: rec.line,
+          column: columnOf(rec),
           row: rec.row,
           hint: `expected ${near.spec.describe}`,
         }),
@@ -310,6 +330,7 @@ export class FormatResolver {
         message: `row has fields ${keys.length ? keys.map((k) => `"${k}"`).join(', ') : '(none)'}, which match no dataset format`,
         file: this.file,
         line: rec.line,
+        column: columnOf(rec),
         row: rec.row,
         hint: 'use "messages" (chat), "conversations" (ShareGPT), "instruction"/"input"/"output" (alpaca), "prompt"/"completion", or "text"',
       }),

@@ -14,6 +14,8 @@ export interface SourceRecord {
   /** 1-based line where the record starts. */
   line: number;
   value: unknown;
+  /** The raw line of a JSON Lines record, so that diagnostics can point at a column. */
+  text?: string;
 }
 
 export interface RecordBatch {
@@ -158,7 +160,7 @@ class JsonlParser implements Parser {
       );
       return;
     }
-    out.push({ row: this.rows, line: l.line, value });
+    out.push({ row: this.rows, line: l.line, value, text });
   }
 
   skipBadLine(): void {
