@@ -350,6 +350,14 @@ void gemm(float* C, const float* A, Layout a_layout, const float* B, Layout b_la
 
 }  // namespace
 
+const char* matmul_kernel_name() {
+#if defined(LORA_GEMM_AVX2)
+  return "packed, avx2+fma 6x16 micro-kernel, KC=256";
+#else
+  return "packed, portable 6x16 micro-kernel, KC=256";
+#endif
+}
+
 void matmul_nt(float* C, const float* A, const float* B, int64_t M, int64_t N, int64_t K, float alpha,
                bool accumulate) {
   gemm(C, A, Layout::RowMajor, B, Layout::Transposed, M, N, K, alpha, accumulate);

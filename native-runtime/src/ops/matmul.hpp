@@ -16,4 +16,8 @@ void matmul_nn(float* C, const float* A, const float* B, int64_t M, int64_t N, i
 void matmul_tn(float* C, const float* A, const float* B, int64_t M, int64_t N, int64_t K,
                float alpha = 1.0f, bool accumulate = false);
 
+// Describes the compiled GEMM kernel, e.g. "packed, avx2+fma 6x16 micro-kernel, KC=256",
+// for benchmark and diagnostic output.
+const char* matmul_kernel_name();
+
 }  // namespace lora
