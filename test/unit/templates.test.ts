@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { ChatTemplate, pickModelTemplate, strftime, TemplateRenderError, builtinTemplateSource, BUILTIN_TEMPLATE_NAMES } from '../../src/core/tokenize/templates';
+import { ChatTemplate, pickModelTemplate, TemplateRenderError, builtinTemplateSource, BUILTIN_TEMPLATE_NAMES } from '../../src/core/tokenize/templates';
 import { ExampleRenderer, RenderOptions } from '../../src/core/tokenize/render';
 import { ChatMessage } from '../../src/core/dataset/formats';
 import { CONVERSATION, realTemplate } from './datasetHelpers';
@@ -157,12 +157,6 @@ test('pickModelTemplate: string, named list, nothing', () => {
   assert.deepEqual(pickModelTemplate([{ name: 'tool_use', template: 'T' }, { name: 'default', template: 'D' }]), { source: 'D', name: 'default' });
   assert.equal(pickModelTemplate(undefined), null);
   assert.equal(pickModelTemplate('  '), null);
-});
-
-test('strftime subset', () => {
-  const d = new Date(Date.UTC(2024, 6, 26, 9, 5, 3));
-  assert.equal(strftime(d, '%d %b %Y'), '26 Jul 2024');
-  assert.equal(strftime(d, '%Y-%m-%d %H:%M:%S %A %%'), '2024-07-26 09:05:03 Friday %');
 });
 
 test('the per-role-sequence shortcut gives exactly what rendering every prefix gives', () => {

@@ -142,15 +142,15 @@ export interface ResolvedTemplate {
  * The template to render chats with. `model` means the model's own; when it has none the
  * `fallback` built-in is used and the caller reports it.
  */
-export function resolveTemplate(tok: ModelTokenizer, choice: TemplateChoice, fallback: BuiltinTemplateName = 'alpaca', now?: Date): ResolvedTemplate {
+export function resolveTemplate(tok: ModelTokenizer, choice: TemplateChoice, fallback: BuiltinTemplateName = 'alpaca'): ResolvedTemplate {
   const bos = tok.bosToken ?? '';
   const eos = tok.eosToken ?? '';
   try {
     if (choice === 'model') {
-      if (tok.modelTemplate) return { template: new ChatTemplate(tok.modelTemplate.source, { source: 'model', name: tok.modelTemplate.name }, bos, eos, now) };
-      return { template: new ChatTemplate(builtinTemplateSource(fallback), { source: fallback }, bos, eos, now), fallbackFrom: 'model' };
+      if (tok.modelTemplate) return { template: new ChatTemplate(tok.modelTemplate.source, { source: 'model', name: tok.modelTemplate.name }, bos, eos) };
+      return { template: new ChatTemplate(builtinTemplateSource(fallback), { source: fallback }, bos, eos), fallbackFrom: 'model' };
     }
-    return { template: new ChatTemplate(builtinTemplateSource(choice), { source: choice }, bos, eos, now) };
+    return { template: new ChatTemplate(builtinTemplateSource(choice), { source: choice }, bos, eos) };
   } catch (err) {
     if (err instanceof TemplateRenderError) {
       throw new DatasetError(`${path.join(tok.modelDir, 'tokenizer_config.json')}: chat_template: ${err.message}`, [], 'choose a built-in template instead (llama3, chatml, mistral, gemma or alpaca)');

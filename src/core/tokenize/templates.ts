@@ -57,21 +57,18 @@ export interface ChatTemplateInfo {
  */
 export class ChatTemplate {
   private readonly template: Template;
-  private readonly dateString: string;
 
   constructor(
     readonly source: string,
     readonly info: ChatTemplateInfo,
     private readonly bosToken: string,
     private readonly eosToken: string,
-    now: Date = new Date(),
   ) {
     try {
       this.template = new Template(source);
     } catch (err) {
       throw new TemplateRenderError(`the chat template does not parse: ${errorText(err)}`);
     }
-    this.dateString = strftime(now, '%d %b %Y');
   }
 
   render(messages: readonly ChatMessage[], addGenerationPrompt: boolean): string {
@@ -81,9 +78,6 @@ export class ChatTemplate {
         bos_token: this.bosToken,
         eos_token: this.eosToken,
         add_generation_prompt: addGenerationPrompt,
-        // Llama 3.1+ templates default date_string to a fixed date unless given one; passing
-        // it keeps a preparation's renderings identical from the first row to the last.
-        date_string: this.dateString,
       });
     } catch (err) {
       throw new TemplateRenderError(errorText(err));
@@ -94,50 +88,6 @@ export class ChatTemplate {
 function errorText(err: unknown): string {
   const s = err instanceof Error ? err.message : String(err);
   return s.length > 300 ? s.slice(0, 297) + '...' : s;
-}
-
-const MONTHS = ['Jan', 'Feb', 'Mar', 'Apr', 'May', 'Jun', 'Jul', 'Aug', 'Sep', 'Oct', 'Nov', 'Dec'];
-const MONTHS_LONG = ['January', 'February', 'March', 'April', 'May', 'June', 'July', 'August', 'September', 'October', 'November', 'December'];
-const DAYS = ['Sun', 'Mon', 'Tue', 'Wed', 'Thu', 'Fri', 'Sat'];
-const DAYS_LONG = ['Sunday', 'Monday', 'Tuesday', 'Wednesday', 'Thursday', 'Friday', 'Saturday'];
-
-/** The strftime subset chat templates use (Python semantics, UTC). */
-export function strftime(d: Date, format: string): string {
-  const pad = (n: number, w = 2) => String(n).padStart(w, '0');
-  return format.replace(/%([a-zA-Z%])/g, (_m, c: string) => {
-    switch (c) {
-      case 'd':
-        return pad(d.getUTCDate());
-      case 'm':
-        return pad(d.getUTCMonth() + 1);
-      case 'Y':
-        return String(d.getUTCFullYear());
-      case 'y':
-        return pad(d.getUTCFullYear() % 100);
-      case 'b':
-        return MONTHS[d.getUTCMonth()];
-      case 'B':
-        return MONTHS_LONG[d.getUTCMonth()];
-      case 'a':
-        return DAYS[d.getUTCDay()];
-      case 'A':
-        return DAYS_LONG[d.getUTCDay()];
-      case 'H':
-        return pad(d.getUTCHours());
-      case 'M':
-        return pad(d.getUTCMinutes());
-      case 'S':
-        return pad(d.getUTCSeconds());
-      case 'j': {
-        const start = Date.UTC(d.getUTCFullYear(), 0, 1);
-        return pad(Math.floor((d.getTime() - start) / 86400000) + 1, 3);
-      }
-      case '%':
-        return '%';
-      default:
-        return `%${c}`;
-    }
-  });
 }
 
 /**
