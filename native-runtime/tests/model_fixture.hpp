@@ -1,0 +1,127 @@
+#pragma once
+// Tiny random Llama-family models written to a temp folder in HF format (config.json +
+// model.safetensors), for the model, adapter and trainer tests. Deterministic from a seed.
+#include <stdlib.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "common/rng.hpp"
+#include "formats/safetensors.hpp"
+#include "formats/shard.hpp"
+
+namespace lora_test {
+
+struct TinyModelSpec {
+  std::string architecture = "LlamaForCausalLM";
+  int64_t layers = 2, hidden = 32, intermediate = 48, heads = 4, kv_heads = 2, vocab = 64;
+  bool tied = false;
+  bool attention_bias = false;   // Qwen2 always has q/k/v biases
+  bool bf16 = false;             // store weights as BF16 instead of F32
+  uint64_t seed = 7;
+  // Tensors to leave out or to give a wrong shape (bad-input tests).
+  std::string omit;
+  std::string misshape;
+};
+
+inline std::string make_temp_dir(const std::string& tag) {
+  std::string t = "/tmp/lora-test-" + tag + "-XXXXXX";
+  std::vector<char> buf(t.begin(), t.end());
+  buf.push_back(0);
+  const char* d = mkdtemp(buf.data());
+  return d ? std::string(d) : std::string();
+}
+
+inline void write_text(const std::string& path, const std::string& text) {
+  std::ofstream out(path, std::ios::binary);
+  out << text;
+}
+
+inline std::string read_text(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
+
+// Weights uniform in +-scale, from the counter-based RNG keyed by (seed, tensor index).
+inline std::vector<float> random_tensor(uint64_t seed, uint64_t which, int64_t n, float scale, float offset = 0.f) {
+  std::vector<float> v(n);
+  const uint64_t key = lora::rng_key(seed, 0xF1Full, which);
+  for (int64_t i = 0; i < n; ++i) v[i] = offset + scale * (2.f * lora::rng_uniform(key, i) - 1.f);
+  return v;
+}
+
+inline std::string write_tiny_model(const TinyModelSpec& s, const std::string& dir) {
+  const int64_t D = s.hidden / s.heads;
+  const bool qwen = s.architecture == "Qwen2ForCausalLM";
+  char cfg[1024];
+  std::snprintf(cfg, sizeof cfg,
+                "{\n  \"architectures\": [\"%s\"],\n  \"model_type\": \"%s\",\n  \"hidden_size\": %lld,\n"
+                "  \"intermediate_size\": %lld,\n  \"num_hidden_layers\": %lld,\n  \"num_attention_heads\": %lld,\n"
+                "  \"num_key_value_heads\": %lld,\n  \"vocab_size\": %lld,\n  \"max_position_embeddings\": 256,\n"
+                "  \"rms_norm_eps\": 1e-5,\n  \"rope_theta\": 10000.0,\n  \"tie_word_embeddings\": %s,\n"
+                "  \"attention_bias\": %s,\n  \"torch_dtype\": \"%s\"\n}\n",
+                s.architecture.c_str(), qwen ? "qwen2" : "llama", (long long)s.hidden, (long long)s.intermediate,
+                (long long)s.layers, (long long)s.heads, (long long)s.kv_heads, (long long)s.vocab,
+                s.tied ? "true" : "false", s.attention_bias ? "true" : "false", s.bf16 ? "bfloat16" : "float32");
+  write_text(dir + "/config.json", cfg);
+
+  std::vector<std::vector<float>> store;
+  std::vector<lora::TensorToWrite> tensors;
+  store.reserve(256);
+  uint64_t which = 0;
+  auto add = [&](const std::string& name, std::vector<int64_t> shape, float scale, float offset = 0.f) {
+    ++which;
+    if (name == s.omit) return;
+    if (name == s.misshape) shape[0] += 1;
+    int64_t n = 1;
+    for (auto d : shape) n *= d;
+    store.push_back(random_tensor(s.seed, which, n, scale, offset));
+    tensors.push_back({name, s.bf16 ? lora::DType::BF16 : lora::DType::F32, shape, store.back().data()});
+  };
+  const float wl = 1.0f / std::sqrt(static_cast<float>(s.hidden));
+  add("model.embed_tokens.weight", {s.vocab, s.hidden}, 1.0f);
+  for (int64_t l = 0; l < s.layers; ++l) {
+    const std::string p = "model.layers." + std::to_string(l);
+    add(p + ".input_layernorm.weight", {s.hidden}, 0.1f, 1.0f);
+    add(p + ".post_attention_layernorm.weight", {s.hidden}, 0.1f, 1.0f);
+    add(p + ".self_attn.q_proj.weight", {s.heads * D, s.hidden}, 2 * wl);
+    add(p + ".self_attn.k_proj.weight", {s.kv_heads * D, s.hidden}, 2 * wl);
+    add(p + ".self_attn.v_proj.weight", {s.kv_heads * D, s.hidden}, 2 * wl);
+    add(p + ".self_attn.o_proj.weight", {s.hidden, s.heads * D}, wl);
+    if (qwen || s.attention_bias) {
+      add(p + ".self_attn.q_proj.bias", {s.heads * D}, 0.2f);
+      add(p + ".self_attn.k_proj.bias", {s.kv_heads * D}, 0.2f);
+      add(p + ".self_attn.v_proj.bias", {s.kv_heads * D}, 0.2f);
+      if (!qwen) add(p + ".self_attn.o_proj.bias", {s.hidden}, 0.2f);
+    }
+    add(p + ".mlp.gate_proj.weight", {s.intermediate, s.hidden}, 2 * wl);
+    add(p + ".mlp.up_proj.weight", {s.intermediate, s.hidden}, 2 * wl);
+    add(p + ".mlp.down_proj.weight", {s.hidden, s.intermediate}, 1.0f / std::sqrt(static_cast<float>(s.intermediate)));
+  }
+  add("model.norm.weight", {s.hidden}, 0.1f, 1.0f);
+  if (!s.tied) add("lm_head.weight", {s.vocab, s.hidden}, 2 * wl);
+  lora::write_safetensors(dir + "/model.safetensors", tensors);
+  return dir;
+}
+
+// A shard from explicit documents; mask 1 everywhere except each document's first token.
+inline lora::TokenShard make_shard(const std::vector<std::vector<uint32_t>>& docs, uint32_t vocab) {
+  lora::TokenShard s;
+  s.vocab_size = vocab;
+  s.offsets.push_back(0);
+  for (const auto& d : docs) {
+    for (size_t i = 0; i < d.size(); ++i) {
+      s.tokens.push_back(d[i]);
+      s.loss_mask.push_back(i == 0 ? 0 : 1);
+    }
+    s.offsets.push_back(s.tokens.size());
+  }
+  return s;
+}
+
+}  // namespace lora_test
