@@ -12,6 +12,7 @@ import { DIAGNOSTIC_CODES, DatasetError, Diagnostic, DiagnosticSink } from './di
 import { DataFormat, Example, FormatOption } from './formats';
 import { ExampleReader, ExampleRow, ReadStats, countSkip } from './pipeline';
 import { FileKind } from './readers';
+import { HashIndex, HashList } from './hashIndex';
 import { abortError, fileSize } from './lines';
 
 export type OverLength = 'truncate' | 'drop';
@@ -190,7 +191,7 @@ export class DataEngine {
   private tok: ModelTokenizer | null = null;
   private renderer: ExampleRenderer | null = null;
   private templateInfo: (ChatTemplateInfo & { fallback: boolean }) | null = null;
-  private readonly seen: Record<Side, Map<number, number>> = { train: new Map(), eval: new Map() };
+  private readonly seen: Record<Side, HashIndex> = { train: new HashIndex(), eval: new HashIndex() };
   private readonly splits: Record<Side, SplitAccumulator>;
   private readonly skippedLater: Record<Side, ReadStats['skipped']> = { train: {}, eval: {} };
   private evalThreshold: number | null = null;
@@ -310,18 +311,16 @@ export class DataEngine {
    */
   private async chooseEvalRows(): Promise<void> {
     const reader = new ExampleReader(this.o.data, { format: this.o.format, sink: null, signal: this.o.signal });
-    const hashes: number[] = [];
+    const all = new HashList();
     let lastBytes = 0;
     for await (const b of reader.batches()) {
-      for (const r of b.rows) hashes.push(this.hash(r.example));
+      for (const r of b.rows) all.push(this.hash(r.example));
       this.bytesDone += b.bytesRead - lastBytes;
       lastBytes = b.bytesRead;
       this.progress();
     }
-    hashes.sort((a, b) => a - b);
-    let unique = 0;
-    for (let i = 0; i < hashes.length; i++) if (i === 0 || hashes[i] !== hashes[i - 1]) hashes[unique++] = hashes[i];
-    hashes.length = unique;
+    const hashes = all.sortedUnique();
+    const unique = hashes.length;
     let k = Math.round(this.o.evalSplit * unique);
     if (k === 0 && unique >= 2) k = 1;
     if (k >= unique) k = unique - 1;
@@ -372,11 +371,11 @@ export class DataEngine {
       side = 'eval';
     } else side = this.evalThreshold !== null && h <= this.evalThreshold ? 'eval' : 'train';
     this.assigned[side]++;
-    const first = this.seen[side].get(h);
-    if (first !== undefined) {
+    const first = this.seen[side].add(h, row.row);
+    if (first !== row.row) {
       this.duplicates++;
       this.sink.emit('duplicate-row', { ...where, message: `exact duplicate of row ${first}`, hint: 'duplicates weigh an example twice; remove them unless that is intended' });
-    } else this.seen[side].set(h, row.row);
+    }
     if (!this.tok) return null;
     const renderer = this.getRenderer();
     const res = renderer.render(row.example);
