@@ -240,6 +240,10 @@ test('validateDataset without a model: reading, format and duplicate diagnostics
     ['duplicate-row', 5],
     ['unknown-role', 6],
   ]);
+  const split = await validateDataset(writeJsonl(chatRows(20)), { evalSplit: 0.1 });
+  assert.equal(split.summary!.rows.eval, 2);
+  assert.equal(split.summary!.rows.train, 18);
+  assert.deepEqual(split.diagnostics, []);
   const bad = await validateDataset(path.join(tmpDir(), 'nope.jsonl'));
   assert.equal(bad.summary, null);
   assert.equal(bad.diagnostics[0].code, 'file-not-found');

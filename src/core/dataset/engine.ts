@@ -248,7 +248,7 @@ export class DataEngine {
           list.length ? 'fix the problems listed (file:line) and run again' : 'the file has no rows',
         );
       }
-      if (useSplit && this.splits.eval.documents === 0) {
+      if (useSplit && (this.tok ? this.splits.eval.documents : this.assigned.eval) === 0) {
         this.sink.emit('eval-too-small', {
           message: `the eval split of ${o.evalSplit} left no eval rows (${this.splits.train.documents} training rows)`,
           file: o.data,
