@@ -202,7 +202,7 @@ export class ExampleRenderer {
         code: 'template-error',
         message: `the chat template failed on this conversation: ${full.message}`,
         hint: hasSystem
-          ? 'if the template has no system role (Gemma), turn on "fold system prompt into the first user message" (foldSystemIntoUser)'
+          ? 'if the template has no system role (Gemma), turn on "fold system prompt into the first user message" (foldSystemIntoUser; CLI: --fold-system)'
           : 'check that roles alternate user/assistant, as most templates require',
       };
     }
@@ -226,7 +226,7 @@ export class ExampleRenderer {
           message: `the chat template drops message ${i} (${m.role}): its text does not appear in the rendered conversation`,
           hint:
             m.role === 'system'
-              ? 'turn on "fold system prompt into the first user message" (foldSystemIntoUser), or choose another template'
+              ? 'turn on "fold system prompt into the first user message" (foldSystemIntoUser; CLI: --fold-system), or choose another template'
               : 'choose another template, or check the roles of this conversation',
         };
       }
