@@ -35,6 +35,10 @@ export class TrainingViewProvider implements vscode.WebviewViewProvider, vscode.
   private config: PanelConfig | null = null;
   private device: DeviceInfo | null = null;
   private datasetSeq = 0;
+  /** The model being inspected, so a dataset preview waits for its tokenizer. */
+  private modelLoading: Promise<void> | null = null;
+  /** A dataset chosen (explorer, command) before the panel had loaded its form. */
+  private chosenData: string | null = null;
   /** Messages for a panel that is not open yet, sent when it says ready. */
   private pending: HostMessage[] = [];
   private ready = false;
@@ -182,6 +186,7 @@ export class TrainingViewProvider implements vscode.WebviewViewProvider, vscode.
     if (defaultModel) this.guard.allow(defaultModel);
     this.device = await this.host.device().catch(() => null);
     const config = this.config ?? initialPanelConfig(settings.get<string>('defaultPreset', ''), defaultModel);
+    if (this.chosenData) config.data = this.chosenData;
     this.config = config;
     const trusted = this.host.trusted;
     this.ready = true;
@@ -204,7 +209,17 @@ export class TrainingViewProvider implements vscode.WebviewViewProvider, vscode.
     if (config.data) await this.loadDataset(config.data);
   }
 
-  private async loadModel(dir: string): Promise<void> {
+  private loadModel(dir: string): Promise<void> {
+    const inspecting = this.inspect(dir);
+    this.modelLoading = inspecting;
+    return inspecting.then(async () => {
+      // A dataset chosen before the model gets its preview now that there is a tokenizer.
+      const data = this.config?.data;
+      if (this.model && data) await this.sendPreview(data, this.datasetSeq);
+    });
+  }
+
+  private async inspect(dir: string): Promise<void> {
     const { inspectModel, ModelInspectError } = await import('../core/model/inspect');
     try {
       const m = inspectModel(dir);
@@ -228,6 +243,7 @@ export class TrainingViewProvider implements vscode.WebviewViewProvider, vscode.
 
   private async loadDataset(file: string): Promise<void> {
     const seq = ++this.datasetSeq;
+    this.chosenData = file;
     if (this.config) this.config = { ...this.config, data: file };
     this.host.watchDataset(file);
     try {
@@ -255,9 +271,15 @@ export class TrainingViewProvider implements vscode.WebviewViewProvider, vscode.
   }
 
   private async sendPreview(file: string, seq: number): Promise<void> {
-    const modelDir = this.model?.dir ?? this.config?.model;
+    if (!this.model && this.config?.model && !this.modelLoading) void this.loadModel(this.config.model);
+    await this.modelLoading?.catch(() => undefined);
+    if (seq !== this.datasetSeq) return;
+    const modelDir = this.model?.dir;
     if (!modelDir || !this.model?.hasTokenizer) {
-      this.post({ type: 'preview', rows: [], error: 'Choose a model with a tokenizer to preview how rows are rendered and masked.' });
+      // With a model still to come, its load sends the preview; otherwise say what is missing.
+      if (!this.config?.model || this.model) {
+        this.post({ type: 'preview', rows: [], error: 'Choose a model with a tokenizer to preview how rows are rendered and masked.' });
+      }
       return;
     }
     try {

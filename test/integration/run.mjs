@@ -186,7 +186,6 @@ try {
             await frame.click('#start');
             clicked = true;
           } else if (clicked && state.status === 'completed') {
-            await new Promise((r) => setTimeout(r, 500));
             await page.screenshot({ path: path.join(shots, 'vscode-panel-after-run.png') });
             shotAfter = true;
           }
@@ -221,7 +220,9 @@ if (!result) {
 for (const t of result.passed) console.log(`  ✔ ${t}`);
 for (const t of result.failed) console.log(`  ✖ ${t.title}\n${t.error.split('\n').slice(0, 8).map((l) => `      ${l}`).join('\n')}`);
 for (const t of result.skipped) console.log(`  - ${t}`);
-if (result.metrics?.activationMs !== undefined) console.log(`integration: extension activate() took ${result.metrics.activationMs.toFixed(1)} ms`);
+if (result.metrics?.activationMs !== undefined) {
+  console.log(`integration: extension activate() took ${result.metrics.activationMs.toFixed(1)} ms, loading its modules ${result.metrics.moduleLoadMs.toFixed(1)} ms`);
+}
 console.log(`integration: ${((Date.now() - t0) / 1000).toFixed(0)} s in code-server, workbench exit code ${exitCode}`);
 const missing = Math.max(0, TESTS - result.passed.length - result.failed.length - result.skipped.length);
 finish(result.passed.length, result.failed.length + missing, result.skipped.length, missing ? `${missing} tests did not run` : undefined);

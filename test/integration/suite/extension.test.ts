@@ -44,6 +44,7 @@ describe('LoRA Studio in VS Code', () => {
     assert.ok(api.training && api.runs && api.view, 'the API has training, runs and view');
     assert.equal(api.runsRoot(), path.join(workspaceRoot(), '.lora-studio', 'runs'));
     metrics.activationMs = api.activationMs;
+    metrics.moduleLoadMs = api.moduleLoadMs;
   });
 
   it('registers every command', async () => {
