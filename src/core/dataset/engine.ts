@@ -1,7 +1,6 @@
 // The data preparation engine shared by prepare (writes shards), validate (checks only) and
 // the summary: rows are hashed for duplicates and the eval split, rendered through the chat
 // template, tokenized in batches, length-checked and handed to the shard writers.
-import { createHash } from 'node:crypto';
 import * as path from 'node:path';
 import { ShardWriter } from '../tokenize/shard';
 import { ModelTokenizer, loadModelTokenizer, resolveTemplate } from '../tokenize/modelTokenizer';
@@ -12,7 +11,7 @@ import { DIAGNOSTIC_CODES, DatasetError, Diagnostic, DiagnosticSink } from './di
 import { DataFormat, Example, FormatOption } from './formats';
 import { ExampleReader, ExampleRow, ReadStats, countSkip } from './pipeline';
 import { FileKind } from './readers';
-import { HashIndex, HashList } from './hashIndex';
+import { HashIndex, HashList, hash53 } from './hashIndex';
 import { abortError, fileSize } from './lines';
 
 export type OverLength = 'truncate' | 'drop';
@@ -300,8 +299,7 @@ export class DataEngine {
 
   /** Same example text -> same hash, so exact duplicates always land on the same side. */
   private hash(ex: Example): number {
-    const h = createHash('sha1').update(String(this.o.seed)).update('\0').update(JSON.stringify(ex)).digest();
-    return h.readUIntBE(0, 6);
+    return hash53(JSON.stringify(ex), this.o.seed);
   }
 
   /**
