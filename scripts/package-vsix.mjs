@@ -3,7 +3,8 @@
 // a VSIX for the current platform with @vscode/vsce. .vscodeignore keeps sources and tests
 // out and keeps the built lora-runtime binary in. Prints the VSIX path and size.
 import { spawnSync } from 'node:child_process';
-import { existsSync, readFileSync, statSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -27,8 +28,27 @@ if (!existsSync(runtime)) {
 const pkg = JSON.parse(readFileSync('package.json', 'utf8'));
 const target = `${process.platform === 'win32' ? 'win32' : process.platform}-${process.arch}`;
 const out = `${pkg.name}-${pkg.version}-${target}.vsix`;
+// A VSIX is per platform: leave out the native binaries of every other platform.
+const ignoreFile = path.join(os.tmpdir(), `lora-studio-vscodeignore-${process.pid}`);
+const keepTokenizers = `tokenizers.${process.platform}-${process.arch}${process.platform === 'linux' ? '-gnu' : process.platform === 'win32' ? '-msvc' : ''}.node`;
+const extra = [
+  ...readdirSync(path.join('node_modules', 'tokenizers')).filter((f) => f.endsWith('.node') && f !== keepTokenizers).map((f) => `node_modules/tokenizers/${f}`),
+];
+const ortBin = path.join('node_modules', 'onnxruntime-node', 'bin');
+for (const napi of existsSync(ortBin) ? readdirSync(ortBin) : []) {
+  for (const platform of readdirSync(path.join(ortBin, napi))) {
+    for (const arch of readdirSync(path.join(ortBin, napi, platform))) {
+      if (platform !== process.platform || arch !== process.arch) extra.push(`node_modules/onnxruntime-node/bin/${napi}/${platform}/${arch}/**`);
+    }
+  }
+}
+writeFileSync(ignoreFile, `${readFileSync('.vscodeignore', 'utf8')}\n${extra.join('\n')}\n`);
 const vsce = path.join('node_modules', '@vscode', 'vsce', 'vsce');
-run(process.execPath, [vsce, 'package', '--target', target, '--out', out, '--allow-missing-repository', '--skip-license'],
-    { ONNXRUNTIME_NODE_INSTALL: 'skip' });
+try {
+  run(process.execPath, [vsce, 'package', '--target', target, '--out', out, '--ignoreFile', ignoreFile, '--allow-missing-repository', '--skip-license',
+                         '--no-rewrite-relative-links'], { ONNXRUNTIME_NODE_INSTALL: 'skip' });
+} finally {
+  rmSync(ignoreFile, { force: true });
+}
 const size = statSync(out).size;
 console.log(`package: ${out} ${(size / 1024 / 1024).toFixed(1)} MB (${size} bytes)`);
