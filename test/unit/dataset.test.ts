@@ -94,6 +94,7 @@ test('empty file and missing file', async () => {
     assert.equal(e.diagnostic.code, 'file-not-found');
     return true;
   });
+  await assert.rejects(readAll(os.tmpdir()), (e: unknown) => e instanceof DatasetFileError && e.diagnostic.code === 'file-unreadable');
 });
 
 test('json array: multi-line elements, element-level errors keep other elements, unclosed array', async () => {

@@ -20,6 +20,7 @@ export interface Diagnostic {
 /** Every diagnostic code the data pipeline emits, with its severity. */
 export const DIAGNOSTIC_CODES = {
   'file-not-found': 'error',
+  'file-unreadable': 'error',
   'file-empty': 'error',
   'bad-encoding': 'error',
   'utf16-file': 'error',

@@ -2,7 +2,7 @@
 // newlines inside quotes, header row). All of them stream through `readLineBatches`, so
 // memory stays bounded by one chunk plus one record, whatever the file size.
 import * as path from 'node:path';
-import { promises as fsp } from 'node:fs';
+import { constants as fsConstants, promises as fsp } from 'node:fs';
 import { DatasetError, Diagnostic, diagnostic } from './diagnostics';
 import { Line, abortError, readLineBatches } from './lines';
 
@@ -62,11 +62,22 @@ export async function detectFileKind(file: string): Promise<FileKind> {
 
 /** Streams the records of a dataset file in batches. */
 export async function* readRecords(file: string, opts: ReadOptions = {}): AsyncGenerator<RecordBatch> {
+  let st;
   try {
-    await fsp.access(file);
+    st = await fsp.stat(file);
   } catch {
     throw new DatasetFileError(
       diagnostic('file-not-found', { message: `dataset file not found: ${file}`, file, hint: 'check the path; relative paths are resolved from the current folder' }),
+    );
+  }
+  if (!st.isFile()) {
+    throw new DatasetFileError(diagnostic('file-unreadable', { message: `the dataset path is not a file: ${file}`, file, hint: 'pass a .jsonl, .json or .csv file' }));
+  }
+  try {
+    await fsp.access(file, fsConstants.R_OK);
+  } catch (err) {
+    throw new DatasetFileError(
+      diagnostic('file-unreadable', { message: `the dataset file cannot be read: ${(err as Error).message}`, file, hint: 'check the file permissions' }),
     );
   }
   const kind = opts.kind ?? (await detectFileKind(file));
