@@ -1,6 +1,7 @@
 // lora-runtime: the command-line entry point (DESIGN.md section 2, "CLI").
 // Every failure is reported as an `error` event (JSON line on stdout; also in
 // events.jsonl for `train`) and mapped onto the documented exit codes.
+#include <csignal>
 #include <cstdio>
 #include <cstring>
 #include <map>
@@ -173,6 +174,9 @@ Json error_fields(const std::string& code, const std::string& message, const std
 }  // namespace
 
 int main(int argc, char** argv) {
+  // The extension may go away (window reload) while training continues and it re-attaches
+  // by tailing events.jsonl: a closed stdout must not kill the run with SIGPIPE.
+  std::signal(SIGPIPE, SIG_IGN);
   if (argc < 2) {
     std::fputs(kUsage, stderr);
     return kExitBadInput;

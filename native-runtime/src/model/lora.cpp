@@ -19,7 +19,8 @@ float lora_scale(const LoraSpec& spec) {
   return static_cast<float>(spec.rslora ? spec.alpha / std::sqrt(r) : spec.alpha / r);
 }
 
-LoraState lora_create(const Model& model, const LoraSpec& spec, uint64_t seed, const std::string& config_file) {
+LoraState lora_create(const Model& model, const LoraSpec& spec, uint64_t seed, const std::string& config_file,
+                      int config_line) {
   LoraState s;
   s.spec = spec;
   s.scale = lora_scale(spec);
@@ -31,7 +32,7 @@ LoraState lora_create(const Model& model, const LoraSpec& spec, uint64_t seed, c
       throw InputError("config_field",
                        "lora.r = " + std::to_string(spec.r) + " is larger than " + module_name(m) + " allows (" +
                            std::to_string(model.module_out(m)) + " x " + std::to_string(model.module_in(m)) + ")",
-                       config_file, "lora.r", 0,
+                       config_file, "lora.r", config_line,
                        "r must be at most min(in, out) = " + std::to_string(limit) + " for every targeted module.");
     }
   }

@@ -40,7 +40,8 @@ struct LoraState {
 // a = sqrt(5) (uniform in +-1/sqrt(in)), B zero; A's values are a pure function of
 // (seed, layer, module, index). Throws InputError (field "lora.r") when r exceeds
 // min(in, out) of a targeted layer.
-LoraState lora_create(const Model& model, const LoraSpec& spec, uint64_t seed, const std::string& config_file = {});
+LoraState lora_create(const Model& model, const LoraSpec& spec, uint64_t seed, const std::string& config_file = {},
+                      int config_line = 0);
 
 float lora_scale(const LoraSpec& spec);
 

@@ -161,6 +161,7 @@ RunConfig parse_run_config(const Json& root, const std::string& run_dir, const s
   Section l(top.get("lora"), "lora", file, 1);
   l.only({"r", "alpha", "dropout", "rslora", "targets", "init_adapter"});
   c.r = l.integer("r", 16, 1, 4096);
+  if (const Json* rv = l.get("r")) c.r_line = rv->line();
   c.alpha = l.number("alpha", 32, 0, 1e6, true, false);
   c.dropout = l.number("dropout", 0.05, 0, 1, false, true);
   c.rslora = l.boolean("rslora", false);

@@ -22,6 +22,7 @@ struct RunConfig {
 
   // lora
   int64_t r = 16;
+  int r_line = 0;                    // line of lora.r in run.json (0 when defaulted)
   double alpha = 32;
   double dropout = 0.05;
   bool rslora = false;

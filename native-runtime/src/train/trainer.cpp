@@ -79,6 +79,11 @@ int run_train(const std::string& run_dir_arg, bool resume, EventSink& events, Tr
     events.emit("hello", hello);
   }
 
+  // Signals and stdin commands are honoured from here on: a stop during the model load
+  // ends the run right after it, before the first step.
+  Control control(events);
+  control.start();
+
   const RunConfig cfg = load_run_config(run_dir);
   set_num_threads(static_cast<int>(cfg.threads));
   const std::vector<int> targets = resolve_targets(cfg);
@@ -100,7 +105,7 @@ int run_train(const std::string& run_dir_arg, bool resume, EventSink& events, Tr
   spec.dropout = cfg.dropout;
   spec.rslora = cfg.rslora;
   spec.targets = targets;
-  LoraState lora = lora_create(model, spec, cfg.seed, cfg.file);
+  LoraState lora = lora_create(model, spec, cfg.seed, cfg.file, cfg.r_line);
   if (!cfg.init_adapter.empty()) load_adapter_into(cfg.init_adapter, model, lora, cfg.file);
   const int64_t n_params = static_cast<int64_t>(lora.params.size());
   {
@@ -168,8 +173,6 @@ int run_train(const std::string& run_dir_arg, bool resume, EventSink& events, Tr
   }
   progress.step = static_cast<int64_t>(st.step);
 
-  Control control(events);
-  control.start();
   const double elapsed_before = st.elapsed_s;
   const auto t_loop = Clock::now();
   auto elapsed = [&] { return elapsed_before + seconds_since(t_loop); };
