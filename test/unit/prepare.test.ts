@@ -276,3 +276,19 @@ test('previewRows: segments alternate masked/trained and rebuild the rendered te
   const short = await previewRows({ data, modelDir: dir, n: 1, seqLen: 8 });
   assert.equal(short[0].truncatedAt, 8);
 });
+
+test('previewRows keeps text exact around characters outside the BMP and inserted EOS tokens', async () => {
+  const { dir } = makeModelDir('llama3', { template: "{% for m in messages %}{{ m['role'] + ': ' + m['content'] + '\\n' }}{% endfor %}{% if add_generation_prompt %}{{ 'assistant: ' }}{% endif %}" });
+  const msgs = [
+    { role: 'user', content: 'Où est 😀 Paris?' },
+    { role: 'assistant', content: 'En France 🇫🇷.' },
+  ];
+  const [row] = await previewRows({ data: writeJsonl([{ messages: msgs }]), modelDir: dir, n: 1 });
+  assert.deepEqual(
+    row.segments.map((s) => [s.trained, s.text]),
+    [
+      [false, '<|begin_of_text|>user: Où est 😀 Paris?\nassistant: '],
+      [true, 'En France 🇫🇷.\n<|eot_id|>'],
+    ],
+  );
+});
