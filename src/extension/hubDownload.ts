@@ -5,6 +5,7 @@
 // resumes from the first file it had not finished.
 
 import { downloadFileToCacheDir, listFiles } from '@huggingface/hub';
+import * as fs from 'node:fs';
 import * as path from 'node:path';
 
 export interface DownloadProgress { file: string; bytes: number; totalBytes: number }
@@ -76,5 +77,13 @@ export async function downloadModel(o: HubDownloadOptions): Promise<string> {
     done += f.size;
     o.onProgress?.({ file: f.path, bytes: done, totalBytes });
   }
-  return path.dirname(snapshotFile);
+  const snapshot = path.dirname(snapshotFile);
+  // huggingface_hub resolves a branch through refs/<branch>; write it so Python tools find
+  // this snapshot as the repository's `main` too.
+  if (!/^[0-9a-f]{40}$/.test(revision)) {
+    const refs = path.join(path.dirname(path.dirname(snapshot)), 'refs');
+    await fs.promises.mkdir(refs, { recursive: true });
+    await fs.promises.writeFile(path.join(refs, revision), path.basename(snapshot));
+  }
+  return snapshot;
 }
