@@ -1,6 +1,7 @@
 // Packed, register-blocked SGEMM in the style of BLIS / GotoBLAS:
-//  1. A is packed into MR-row panels and B into NR-column panels, K split into KC blocks, so
-//     the micro-kernel streams both operands with unit stride whatever the transposition.
+//  1. B is packed into NR-column panels (and a transposed A into MR-row panels), K split into
+//     KC blocks, so the micro-kernel streams its operands with unit stride whatever the
+//     transposition; a row-major A is already read with unit stride and is used in place.
 //  2. The output is cut into tiles; the thread pool hands each thread a contiguous range of
 //     tiles. Every C element is computed by one thread, summing its K blocks in ascending
 //     order with the same micro-kernel, so the bits do not depend on the thread count or
@@ -31,6 +32,11 @@ constexpr int64_t MR = 6;
 constexpr int64_t NR = 16;
 // KC * NR floats of B (16 KiB) stay in L1 while the kernel sweeps the A panels of a tile.
 constexpr int64_t KC = 256;
+// Products at most this many NR panels wide are "thin": each A element feeds only N
+// multiply-adds, and copying it costs about as much as 100 of them. Measured on Zen 4:
+// reading A in place wins 2x at N = 16 and loses ~10% from N = 128 on, where the packed
+// panel's single sequential stream prefetches better than six separate rows.
+constexpr int64_t kInPlaceMaxNPanels = 6;
 // Below this many multiply-adds the hand-off to the pool costs more than it saves.
 constexpr int64_t kParallelMinFlops = 1 << 18;
 
@@ -58,6 +64,7 @@ struct PackBuffer {
 
 thread_local PackBuffer t_pack_a;
 thread_local PackBuffer t_pack_b;
+thread_local PackBuffer t_transposed;
 
 // Packs rows [i0, i0 + MR) x columns [k0, k0 + kc) of op(A) as dst[k * MR + r], zero-padding
 // rows past M. op(A)(i, k) = A[i * K + k] (RowMajor) or A[k * M + i] (Transposed).
@@ -162,12 +169,24 @@ inline void store_block(float* C, int64_t ldc, const float* acc, int64_t rows, i
   }
 }
 
+// The micro-kernels read row r of the A block as a[r][k * AStep]: AStep = MR for a packed
+// panel (a[r] = panel + r), 1 for rows read in place from a row-major A (a[r] = row start).
+// Reading row-major A in place saves a full pass over A per call, which matters most for
+// the thin GEMMs of LoRA (N = r), where packing A would cost more than the product.
+
 #if defined(LORA_GEMM_AVX2)
 
-// C[0:6, 0:16] (=|+=) alpha * sum_k a[k*6 + r] * b[k*16 + c]. Full tiles store straight
-// from registers; edge tiles go through a small buffer.
-void micro_kernel(int64_t kc, const float* a, const float* b, float* C, int64_t ldc, int64_t rows,
-                  int64_t cols, float alpha, bool overwrite) {
+// C[0:6, 0:16] (=|+=) alpha * sum_k a[r][k * AStep] * b[k * 16 + c]. Full tiles store
+// straight from registers; edge tiles go through a small buffer.
+template <int64_t AStep>
+void micro_kernel(int64_t kc, const float* const* a, const float* b, float* C, int64_t ldc,
+                  int64_t rows, int64_t cols, float alpha, bool overwrite) {
+  const float* a0 = a[0];
+  const float* a1 = a[1];
+  const float* a2 = a[2];
+  const float* a3 = a[3];
+  const float* a4 = a[4];
+  const float* a5 = a[5];
   __m256 c00 = _mm256_setzero_ps(), c01 = _mm256_setzero_ps();
   __m256 c10 = _mm256_setzero_ps(), c11 = _mm256_setzero_ps();
   __m256 c20 = _mm256_setzero_ps(), c21 = _mm256_setzero_ps();
@@ -178,25 +197,25 @@ void micro_kernel(int64_t kc, const float* a, const float* b, float* C, int64_t 
   for (int64_t k = 0; k < kc; ++k) {
     const __m256 b0 = _mm256_load_ps(b);
     const __m256 b1 = _mm256_load_ps(b + 8);
-    __m256 av = _mm256_broadcast_ss(a + 0);
+    const int64_t o = k * AStep;
+    __m256 av = _mm256_broadcast_ss(a0 + o);
     c00 = _mm256_fmadd_ps(av, b0, c00);
     c01 = _mm256_fmadd_ps(av, b1, c01);
-    av = _mm256_broadcast_ss(a + 1);
+    av = _mm256_broadcast_ss(a1 + o);
     c10 = _mm256_fmadd_ps(av, b0, c10);
     c11 = _mm256_fmadd_ps(av, b1, c11);
-    av = _mm256_broadcast_ss(a + 2);
+    av = _mm256_broadcast_ss(a2 + o);
     c20 = _mm256_fmadd_ps(av, b0, c20);
     c21 = _mm256_fmadd_ps(av, b1, c21);
-    av = _mm256_broadcast_ss(a + 3);
+    av = _mm256_broadcast_ss(a3 + o);
     c30 = _mm256_fmadd_ps(av, b0, c30);
     c31 = _mm256_fmadd_ps(av, b1, c31);
-    av = _mm256_broadcast_ss(a + 4);
+    av = _mm256_broadcast_ss(a4 + o);
     c40 = _mm256_fmadd_ps(av, b0, c40);
     c41 = _mm256_fmadd_ps(av, b1, c41);
-    av = _mm256_broadcast_ss(a + 5);
+    av = _mm256_broadcast_ss(a5 + o);
     c50 = _mm256_fmadd_ps(av, b0, c50);
     c51 = _mm256_fmadd_ps(av, b1, c51);
-    a += MR;
     b += NR;
   }
   const __m256 va = _mm256_set1_ps(alpha);
@@ -240,13 +259,14 @@ void micro_kernel(int64_t kc, const float* a, const float* b, float* C, int64_t 
 
 // Portable micro-kernel: the same blocking, written so the compiler can vectorise the
 // NR-wide inner loop.
-void micro_kernel(int64_t kc, const float* a, const float* b, float* C, int64_t ldc, int64_t rows,
-                  int64_t cols, float alpha, bool overwrite) {
+template <int64_t AStep>
+void micro_kernel(int64_t kc, const float* const* a, const float* b, float* C, int64_t ldc,
+                  int64_t rows, int64_t cols, float alpha, bool overwrite) {
   float acc[MR * NR] = {};
   for (int64_t k = 0; k < kc; ++k) {
     const float* bk = b + k * NR;
     for (int64_t r = 0; r < MR; ++r) {
-      const float av = a[k * MR + r];
+      const float av = a[r][k * AStep];
       float* row = acc + r * NR;
       for (int64_t j = 0; j < NR; ++j) row[j] += av * bk[j];
     }
@@ -270,31 +290,35 @@ void gemm(float* C, const float* A, Layout a_layout, const float* B, Layout b_la
   // Packed layout, K block by K block: the panel i of the block starting at row k0 (kc rows)
   // begins at k0 * panels * width + i * width * kc. B panels are therefore 64-byte aligned
   // (NR floats are 64 bytes) and read with aligned loads; A panels are only broadcast from.
-  float* a_pack = t_pack_a.reserve(static_cast<size_t>(m_panels * MR * K));
+  // A transposed (tn) is always packed. A row-major A is read in place when the product is
+  // thin (see kInPlaceMaxNPanels).
+  const bool pack_a = a_layout == Layout::Transposed || n_panels > kInPlaceMaxNPanels;
+  float* a_pack = pack_a ? t_pack_a.reserve(static_cast<size_t>(m_panels * MR * K)) : nullptr;
   float* b_pack = t_pack_b.reserve(static_cast<size_t>(n_panels * NR * K));
 
   const int64_t flops = M * N * K;
   const int threads = flops < kParallelMinFlops ? 1 : num_threads();
 
+  const int64_t a_items = pack_a ? m_panels : 0;
   auto pack_range = [&](int64_t begin, int64_t end, int) {
     for (int64_t item = begin; item < end; ++item) {
       for (int64_t kb = 0; kb < k_blocks; ++kb) {
         const int64_t k0 = kb * KC;
         const int64_t kc = std::min(KC, K - k0);
-        if (item < m_panels) {
+        if (item < a_items) {
           pack_a_panel(a_pack + k0 * m_panels * MR + item * MR * kc, A, a_layout, M, K, item * MR,
                        k0, kc);
         } else {
-          const int64_t j = item - m_panels;
+          const int64_t j = item - a_items;
           pack_b_panel(b_pack + k0 * n_panels * NR + j * NR * kc, B, b_layout, N, K, j * NR, k0, kc);
         }
       }
     }
   };
   if (threads == 1) {
-    pack_range(0, m_panels + n_panels, 0);
+    pack_range(0, a_items + n_panels, 0);
   } else {
-    parallel_for(m_panels + n_panels, pack_range);
+    parallel_for(a_items + n_panels, pack_range);
   }
 
   // Tile shape: start from 16 x 16 panels (96 x 256) and halve until there are enough tiles
@@ -325,7 +349,6 @@ void gemm(float* C, const float* A, Layout a_layout, const float* B, Layout b_la
         const int64_t k0 = kb * KC;
         const int64_t kc = std::min(KC, K - k0);
         const bool overwrite = kb == 0 && !accumulate;
-        const float* a_block = a_pack + k0 * m_panels * MR;
         const float* b_block = b_pack + k0 * n_panels * NR;
         for (int64_t jp = jp0; jp < jp1; ++jp) {
           const int64_t j0 = jp * NR;
@@ -334,8 +357,16 @@ void gemm(float* C, const float* A, Layout a_layout, const float* B, Layout b_la
           for (int64_t ip = ip0; ip < ip1; ++ip) {
             const int64_t i0 = ip * MR;
             const int64_t rows = std::min(MR, M - i0);
-            micro_kernel(kc, a_block + ip * MR * kc, bp, C + i0 * N + j0, N, rows, cols, alpha,
-                         overwrite);
+            const float* a_rows[MR];
+            if (pack_a) {
+              const float* panel = a_pack + k0 * m_panels * MR + ip * MR * kc;
+              for (int64_t r = 0; r < MR; ++r) a_rows[r] = panel + r;
+              micro_kernel<MR>(kc, a_rows, bp, C + i0 * N + j0, N, rows, cols, alpha, overwrite);
+            } else {
+              // Rows past M repeat the last real row: valid memory, results discarded.
+              for (int64_t r = 0; r < MR; ++r) a_rows[r] = A + (i0 + std::min(r, rows - 1)) * K + k0;
+              micro_kernel<1>(kc, a_rows, bp, C + i0 * N + j0, N, rows, cols, alpha, overwrite);
+            }
           }
         }
       }
@@ -370,6 +401,22 @@ void matmul_nn(float* C, const float* A, const float* B, int64_t M, int64_t N, i
 
 void matmul_tn(float* C, const float* A, const float* B, int64_t M, int64_t N, int64_t K, float alpha,
                bool accumulate) {
+  // Tall and thin (the LoRA gradient dB = dy^T u: M = out, N = r): packing the transposed A
+  // would cost more than the product, so compute C^T = B^T A, which reads A as row-major
+  // B panels (plain row copies), and transpose the small result into C.
+  if (K > 0 && N <= NR * kInPlaceMaxNPanels && M > 4 * N) {
+    float* ct = t_transposed.reserve(static_cast<size_t>(M * N));
+    gemm(ct, B, Layout::Transposed, A, Layout::RowMajor, N, M, K, alpha, false);
+    for (int64_t i = 0; i < M; ++i) {
+      float* c = C + i * N;
+      if (accumulate) {
+        for (int64_t j = 0; j < N; ++j) c[j] += ct[j * M + i];
+      } else {
+        for (int64_t j = 0; j < N; ++j) c[j] = ct[j * M + i];
+      }
+    }
+    return;
+  }
   gemm(C, A, Layout::Transposed, B, Layout::RowMajor, M, N, K, alpha, accumulate);
 }
 
