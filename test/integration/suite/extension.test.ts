@@ -10,6 +10,7 @@ import * as path from 'node:path';
 import * as vscode from 'vscode';
 import type { LoraStudioApi } from '../../../src/extension/extension';
 import { applyPreset, defaultConfig } from '../../../src/core/config';
+import { spawnProcess } from '../../../src/core/runtime/process';
 import { metrics } from './index';
 
 const EXTENSION_ID = 'lora-studio.lora-studio';
@@ -110,5 +111,64 @@ describe('LoRA Studio in VS Code', () => {
     assert.ok(!fs.existsSync(path.join(dir, 'runtime.pid')), 'the runtime has exited');
     const listed = (await api.runs.list()).find((r) => r.id === id);
     assert.equal(listed?.status, 'stopped');
+  });
+
+  it('re-attaches to a run that another window started, follows it and stops it', async () => {
+    const root = api.runsRoot()!;
+    const stopped = (await api.runs.list()).find((r) => r.status === 'stopped');
+    assert.ok(stopped, 'the stopped run of the previous test is there to copy');
+    // A run started "before the reload": same run folder layout, a runtime that is not our child.
+    const dir = path.join(root, `${stopped.id}-elsewhere`);
+    fs.mkdirSync(path.join(dir, 'data'), { recursive: true });
+    for (const f of ['run.json', 'data/train.bin']) fs.copyFileSync(path.join(stopped.dir, f), path.join(dir, f));
+    const runtime = vscode.workspace.getConfiguration('loraStudio').get<string>('runtimePath')!;
+    const other = spawnProcess(runtime, ['train', '--run', dir], { cwd: dir, pidFile: path.join(dir, 'runtime.pid') });
+    try {
+      await waitFor('the other runtime to write steps', () => fs.existsSync(path.join(dir, 'events.jsonl')) && fs.readFileSync(path.join(dir, 'events.jsonl'), 'utf8').includes('"type":"step"'), 60_000);
+      await api.training.reattach();
+      const cur = api.training.currentRun();
+      assert.equal(cur?.runId, path.basename(dir), 'the live run is followed');
+      assert.equal(cur?.live, true);
+      const seen = cur!.events.length;
+      await waitFor('new events from the followed run', () => (api.training.currentRun()?.events.length ?? 0) > seen + 2, 60_000);
+      await vscode.commands.executeCommand('loraStudio.stopTraining');
+      assert.equal(api.training.currentRun()?.status, 'stopped');
+      const exit = await other.exited;
+      assert.equal(exit.code, 0, 'the runtime stopped gracefully on SIGTERM');
+    } finally {
+      other.kill();
+    }
+  });
+
+  it('re-validates a dataset when it changes and shows its problems with line numbers', async () => {
+    const file = path.join(workspaceRoot(), 'data', 'broken.jsonl');
+    const good = '{"messages":[{"role":"user","content":"hi"},{"role":"assistant","content":"hello"}]}';
+    fs.writeFileSync(file, `${good}\n{"messages": [oops\n${good}\n`);
+    const uri = vscode.Uri.file(file);
+    await vscode.commands.executeCommand('loraStudio.fineTuneDataset', uri);
+    const errors = await waitFor('diagnostics for the broken line', () => {
+      const d = vscode.languages.getDiagnostics(uri).filter((x) => x.severity === vscode.DiagnosticSeverity.Error);
+      return d.length ? d : null;
+    }, 30_000);
+    assert.equal(errors[0]!.range.start.line, 1, 'the error is on line 2 (0-based 1)');
+    assert.equal(errors[0]!.source, 'LoRA Studio');
+    fs.writeFileSync(file, `${good}\n${good.replace('hi', 'hey')}\n`);
+    await waitFor('the diagnostics to clear after the fix', () => vscode.languages.getDiagnostics(uri).filter((x) => x.severity === vscode.DiagnosticSeverity.Error).length === 0, 30_000);
+  });
+
+  it('opens a past run and compares runs in an editor tab', async () => {
+    const items = await api.runs.getChildren();
+    const completed = items.find((i) => String(i.description).startsWith('completed'));
+    assert.ok(completed, 'a completed run is listed');
+    await vscode.commands.executeCommand('loraStudio.openRun', completed);
+    const cur = api.training.currentRun();
+    assert.equal(cur?.live, false);
+    assert.equal(cur?.status, 'completed');
+    assert.ok(cur!.events.some((e) => e.type === 'step'), 'its charts come from events.jsonl');
+    const two = items.filter((i) => i.contextValue?.startsWith('run')).slice(0, 2);
+    assert.equal(two.length, 2);
+    await vscode.commands.executeCommand('loraStudio.compareRuns', two[0], two);
+    const tab = await waitFor('the Compare tab', () => vscode.window.tabGroups.all.flatMap((g) => g.tabs).find((t) => t.label.startsWith('Compare:')), 10_000);
+    assert.ok(tab.input instanceof vscode.TabInputWebview, 'Compare Runs is a webview tab');
   });
 });
