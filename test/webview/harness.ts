@@ -9,7 +9,7 @@ import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { chromium, type Browser, type Page } from 'playwright-core';
-import { renderPanelHtml } from '../../src/extension/panelHtml';
+import { renderCompareHtml, renderPanelHtml } from '../../src/extension/panelHtml';
 
 export const ROOT = path.resolve(__dirname, '..', '..', '..');
 export const CHROMIUM = '/usr/bin/chromium';
@@ -150,6 +150,11 @@ export async function servePanel(): Promise<PanelServer> {
       res.end(renderPanelHtml({ cspSource: origin, scriptUri: `${origin}/panel.js`, styleUri: `${origin}/panel.css` }));
       return;
     }
+    if (url.pathname === '/compare') {
+      res.writeHead(200, { 'content-type': 'text/html; charset=utf-8' });
+      res.end(renderCompareHtml({ cspSource: origin, scriptUri: `${origin}/compare.js`, styleUri: `${origin}/panel.css` }));
+      return;
+    }
     const file = path.join(dist, path.basename(url.pathname));
     if (!existsSync(file)) {
       res.writeHead(404).end();
@@ -174,8 +179,8 @@ export async function launchBrowser(): Promise<Browser> {
 export interface OpenPanel { page: Page; consoleErrors: string[]; cspViolations: string[] }
 
 /** Opens the panel with the given theme; `window.__posted` collects what it posts. */
-export async function openPanel(browser: Browser, url: string, theme: Theme): Promise<OpenPanel> {
-  const page = await browser.newPage({ viewport: { width: 420, height: 900 }, deviceScaleFactor: 1 });
+export async function openPanel(browser: Browser, url: string, theme: Theme, viewport = { width: 420, height: 900 }): Promise<OpenPanel> {
+  const page = await browser.newPage({ viewport, deviceScaleFactor: 1 });
   const consoleErrors: string[] = [];
   const cspViolations: string[] = [];
   page.on('console', (m) => {
