@@ -304,3 +304,47 @@ test('JSON Lines diagnostics point at the column of the offending key or value',
   assert.equal(a.diagnostics[0].code, 'wrong-type');
   assert.equal(a.diagnostics[0].column, alpaca.indexOf('"output"') + 1);
 });
+
+test('a JSON array on one long line is read element by element (fragments, multibyte characters cut anywhere)', async () => {
+  const rows = Array.from({ length: 3000 }, (_, i) => ({ text: `ëlément ${i} 😀 ${'x'.repeat(i % 50)}`, n: i }));
+  const file = tmpFile('one-line.json', JSON.stringify(rows));
+  const records: SourceRecord[] = [];
+  const problems: Diagnostic[] = [];
+  for await (const b of readRecords(file, { chunkSize: 997, maxCarry: 100 })) {
+    records.push(...b.records);
+    problems.push(...b.problems);
+  }
+  assert.deepEqual(problems, []);
+  assert.equal(records.length, 3000);
+  assert.deepEqual(records[2999].value, rows[2999]);
+  assert.deepEqual(records[1234].value, rows[1234]);
+  assert.equal(records[1234].line, 1);
+  const text = JSON.stringify(rows);
+  const at = text.indexOf('"n":1000}');
+  const broken = tmpFile('broken.json', text.slice(0, at) + '@' + text.slice(at));
+  const r2 = await readAll(broken, 997);
+  assert.equal(r2.records.length, 2999);
+  const bad = r2.problems.find((p) => p.code === 'bad-json')!;
+  assert.equal(bad.line, 1);
+  assert.equal(bad.row, 1001);
+  assert.equal(bad.column, at + 1, 'column (UTF-16) counts from the start of the line, not the fragment');
+});
+
+test('long JSON Lines rows are joined from fragments; a bad byte in a fragment has its column in the line', async () => {
+  const long = JSON.stringify({ text: 'ü'.repeat(70000) + '😀' });
+  const file = tmpFile('long.jsonl', [long, JSON.stringify({ text: 'short' }), long].join('\n'));
+  const { records, problems } = await readAll(file, 4096);
+  assert.equal(problems.length, 0);
+  assert.equal(records.length, 3);
+  assert.equal((records[2].value as { text: string }).text.length, 70002);
+  assert.equal(records[2].line, 3);
+
+  const prefix = '{"text": "' + 'a'.repeat(100000);
+  const withBad = Buffer.concat([Buffer.from(prefix), Buffer.from([0xff]), Buffer.from('"}\n{"text": "ok"}\n')]);
+  const f2 = tmpFile('bad.jsonl', withBad);
+  const r = await readAll(f2, 4096);
+  assert.deepEqual(r.records.map((x) => x.value), [{ text: 'ok' }]);
+  assert.equal(r.problems.length, 1);
+  assert.equal(r.problems[0].code, 'bad-encoding');
+  assert.equal(r.problems[0].column, prefix.length + 1);
+});

@@ -1,7 +1,9 @@
 // Streams a text file as UTF-8 lines without holding the file in memory. Lines are handed
 // out in batches (one array per read chunk) because a per-line async hop costs more than
-// parsing a short JSONL line. Encoding problems are reported per line so that the rest of
-// the file stays usable.
+// parsing a short JSONL line. A very long line (a whole JSON array written on one line, as
+// json.dump does) is handed out in fragments, so it never has to be held, or re-copied, as
+// one piece. Encoding problems are reported per line so that the rest of the file stays
+// usable.
 import { createReadStream, promises as fsp } from 'node:fs';
 import { Diagnostic, diagnostic } from './diagnostics';
 
@@ -10,11 +12,17 @@ export interface Line {
   line: number;
   /** The line without its terminator ("\n" or "\r\n") and without a leading BOM. */
   text: string;
+  /** The line continues in the next Line (same line number, no newline in between). */
+  partial?: boolean;
+  /** UTF-16 offset of this fragment within its line (0 for whole lines and first fragments). */
+  column0?: number;
+  /** The bytes are not valid UTF-8: `text` is a lossy decoding and a problem was reported. */
+  invalid?: boolean;
 }
 
 export interface LineBatch {
   lines: Line[];
-  /** Lines that could not be decoded, as diagnostics; their text is not in `lines`. */
+  /** Lines that could not be decoded, as diagnostics (the lines are flagged `invalid`). */
   problems: Diagnostic[];
   /** Bytes of the file consumed so far (for progress). */
   bytesRead: number;
@@ -24,6 +32,8 @@ export interface LineBatch {
 export interface ReadLinesOptions {
   signal?: AbortSignal;
   chunkSize?: number;
+  /** Longest unfinished line kept back before it is handed out as a fragment. */
+  maxCarry?: number;
 }
 
 const strictUtf8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
@@ -90,6 +100,9 @@ export async function* readLineBatches(file: string, opts: ReadLinesOptions = {}
   const totalBytes = await fileSize(file);
   const stream = createReadStream(file, { highWaterMark: opts.chunkSize ?? 1 << 20 });
   let carry: Buffer | null = null;
+  const maxCarry = opts.maxCarry ?? 1 << 16;
+  /** Characters of the current line already handed out as fragments. */
+  let partialCols = 0;
   let lineNo = 0;
   let bytesRead = 0;
   let first = true;
@@ -129,19 +142,31 @@ export async function* readLineBatches(file: string, opts: ReadLinesOptions = {}
         if (nl < 0) break;
         lineNo++;
         const end = nl > start && buf[nl - 1] === 0x0d ? nl - 1 : nl;
-        pushLine(file, buf, start, end, lineNo, lines, problems);
+        pushLine(file, buf, start, end, lineNo, lines, problems, false, partialCols);
+        partialCols = 0;
         start = nl + 1;
       }
-      if (start < buf.length) carry = Buffer.from(buf.subarray(start));
+      if (buf.length - start > maxCarry) {
+        // Hand out the unfinished line up to the last whole character; keep the rest.
+        let end = buf.length;
+        let k = end - 1;
+        while (k > start && end - k < 4 && (buf[k] & 0xc0) === 0x80) k--;
+        const lead = buf[k];
+        const need = lead >= 0xf0 ? 4 : lead >= 0xe0 ? 3 : lead >= 0xc0 ? 2 : 1;
+        if (end - k < need) end = k;
+        partialCols += pushLine(file, buf, start, end, lineNo + 1, lines, problems, true, partialCols);
+        carry = end < buf.length ? Buffer.from(buf.subarray(end)) : null;
+      } else if (start < buf.length) carry = Buffer.from(buf.subarray(start));
       if (lines.length || problems.length) yield { lines, problems, bytesRead, totalBytes };
     }
     if (first && totalBytes === 0) return;
-    if (carry && carry.length) {
+    if ((carry && carry.length) || partialCols > 0) {
       lineNo++;
       const lines: Line[] = [];
       const problems: Diagnostic[] = [];
-      const end = carry[carry.length - 1] === 0x0d ? carry.length - 1 : carry.length;
-      pushLine(file, carry, 0, end, lineNo, lines, problems);
+      const tail = carry ?? Buffer.alloc(0);
+      const end = tail.length && tail[tail.length - 1] === 0x0d ? tail.length - 1 : tail.length;
+      pushLine(file, tail, 0, end, lineNo, lines, problems, false, partialCols);
       yield { lines, problems, bytesRead, totalBytes };
     }
   } finally {
@@ -149,13 +174,18 @@ export async function* readLineBatches(file: string, opts: ReadLinesOptions = {}
   }
 }
 
-function pushLine(file: string, buf: Buffer, start: number, end: number, lineNo: number, lines: Line[], problems: Diagnostic[]): void {
+/** Decodes and appends one line or fragment; returns its length in UTF-16 units. */
+function pushLine(file: string, buf: Buffer, start: number, end: number, lineNo: number, lines: Line[], problems: Diagnostic[], partial: boolean, column0: number): number {
   const decoded = decodeLine(buf, start, end);
+  const line: Line = { line: lineNo, text: '' };
+  if (partial) line.partial = true;
+  if (column0) line.column0 = column0;
   if (typeof decoded === 'string') {
-    lines.push({ line: lineNo, text: decoded });
-    return;
+    line.text = decoded;
+    lines.push(line);
+    return decoded.length;
   }
-  const column = buf.toString('utf8', start, start + decoded.badByte).length + 1;
+  const column = column0 + buf.toString('utf8', start, start + decoded.badByte).length + 1;
   problems.push(
     diagnostic('bad-encoding', {
       message: `line is not valid UTF-8 (byte 0x${buf[start + decoded.badByte].toString(16).padStart(2, '0')} at byte ${decoded.badByte + 1} of the line)`,
@@ -165,6 +195,12 @@ function pushLine(file: string, buf: Buffer, start: number, end: number, lineNo:
       hint: 'the file looks like it was saved in another encoding (e.g. Latin-1 or Windows-1252); re-save it as UTF-8',
     }),
   );
+  // The lossy text keeps the structure of the line (quotes, brackets) for the parsers, which
+  // leave out the record it belongs to.
+  line.text = buf.toString('utf8', start, end);
+  line.invalid = true;
+  lines.push(line);
+  return line.text.length;
 }
 
 function sniffUtf16(buf: Buffer): string | null {

@@ -33,6 +33,8 @@ export interface ReadOptions {
   kind?: FileKind;
   signal?: AbortSignal;
   chunkSize?: number;
+  /** See ReadLinesOptions.maxCarry. */
+  maxCarry?: number;
 }
 
 /**
@@ -85,17 +87,30 @@ export async function* readRecords(file: string, opts: ReadOptions = {}): AsyncG
   let sawLine = false;
   let lastBytes = 0;
   let total = 0;
-  for await (const batch of readLineBatches(file, { signal: opts.signal, chunkSize: opts.chunkSize })) {
+  // Fragments of one long line, for the parsers that need whole lines (joined once, so the
+  // cost stays linear in the line's length).
+  let pieces: Line[] = [];
+  for await (const batch of readLineBatches(file, { signal: opts.signal, chunkSize: opts.chunkSize, maxCarry: opts.maxCarry })) {
     if (opts.signal?.aborted) throw abortError(opts.signal);
     const records: SourceRecord[] = [];
-    const problems: Diagnostic[] = [];
-    for (const p of batch.problems) {
-      problems.push(p);
-      parser.skipBadLine(p, problems);
-    }
+    const problems: Diagnostic[] = batch.problems.slice();
     for (const l of batch.lines) {
-      if (l.text.trim() !== '') sawLine = true;
-      parser.feed(l, records, problems);
+      if (!sawLine && l.text.trim() !== '') sawLine = true;
+      if (parser.takesFragments) {
+        parser.feed(l, records, problems);
+        continue;
+      }
+      if (l.partial) {
+        pieces.push(l);
+        continue;
+      }
+      if (pieces.length) {
+        pieces.push(l);
+        const whole: Line = { line: l.line, text: pieces.map((p) => p.text).join('') };
+        if (pieces.some((p) => p.invalid)) whole.invalid = true;
+        pieces = [];
+        parser.feed(whole, records, problems);
+      } else parser.feed(l, records, problems);
     }
     lastBytes = batch.bytesRead;
     total = batch.totalBytes;
@@ -120,9 +135,10 @@ export class DatasetFileError extends DatasetError {
 
 interface Parser {
   rows: number;
+  /** Accepts the fragments of long lines as they come; otherwise it gets whole lines. */
+  readonly takesFragments: boolean;
+  /** A line flagged `invalid` (not UTF-8, already reported) drops the record it belongs to. */
   feed(line: Line, out: SourceRecord[], problems: Diagnostic[]): void;
-  /** A line could not be decoded: the parser drops the record it belongs to. */
-  skipBadLine(problem: Diagnostic, problems: Diagnostic[]): void;
   end(out: SourceRecord[], problems: Diagnostic[]): void;
 }
 
@@ -147,6 +163,7 @@ export function jsonErrorPosition(err: unknown, text: string): { message: string
 
 class JsonlParser implements Parser {
   rows = 0;
+  readonly takesFragments = false;
   constructor(private readonly file: string) {}
 
   feed(l: Line, out: SourceRecord[], problems: Diagnostic[]): void {
@@ -154,6 +171,7 @@ class JsonlParser implements Parser {
     // Whitespace-only lines separate nothing in JSONL; editors often leave one at the end.
     if (text.length === 0 || (text.charCodeAt(0) <= 32 && text.trim() === '')) return;
     this.rows++;
+    if (l.invalid) return;
     let value: unknown;
     try {
       value = JSON.parse(text);
@@ -174,15 +192,12 @@ class JsonlParser implements Parser {
     out.push({ row: this.rows, line: l.line, value, text });
   }
 
-  skipBadLine(): void {
-    this.rows++;
-  }
-
   end(): void {}
 }
 
 class JsonArrayParser implements Parser {
   rows = 0;
+  readonly takesFragments = true;
   private started = false;
   private ended = false;
   private failed = false;
@@ -199,16 +214,13 @@ class JsonArrayParser implements Parser {
 
   constructor(private readonly file: string) {}
 
-  skipBadLine(): void {
-    // The undecodable line is dropped from the current element, which then fails to parse
-    // or loses content; marking it keeps the record out of the dataset.
-    if (this.inElem) this.elemBad = true;
-  }
-
   feed(l: Line, out: SourceRecord[], problems: Diagnostic[]): void {
     this.lastLine = l.line;
     if (this.failed) return;
     const s = l.text;
+    const col0 = l.column0 ?? 0;
+    // An element touching an undecodable line is left out (its text is a lossy decoding).
+    if (l.invalid && this.inElem) this.elemBad = true;
     let segStart = 0;
     for (let i = 0; i < s.length; i++) {
       const c = s.charCodeAt(i);
@@ -236,7 +248,7 @@ class JsonArrayParser implements Parser {
             message: 'a .json dataset must be an array of objects: [ {...}, {...} ]',
             file: this.file,
             line: l.line,
-            column: i + 1,
+            column: col0 + i + 1,
             hint: 'for one JSON object per line, name the file .jsonl',
           }),
         );
@@ -246,7 +258,7 @@ class JsonArrayParser implements Parser {
         if (ws) continue;
         this.failed = true;
         problems.push(
-          diagnostic('bad-json', { message: 'unexpected content after the closing ] of the array', file: this.file, line: l.line, column: i + 1 }),
+          diagnostic('bad-json', { message: 'unexpected content after the closing ] of the array', file: this.file, line: l.line, column: col0 + i + 1 }),
         );
         return;
       }
@@ -257,9 +269,9 @@ class JsonArrayParser implements Parser {
           continue;
         }
         this.inElem = true;
-        this.elemBad = false;
+        this.elemBad = l.invalid === true;
         this.elemLine = l.line;
-        this.elemColumn = i + 1;
+        this.elemColumn = col0 + i + 1;
         this.parts = [];
         segStart = i;
         if (c === 123 || c === 91) {
@@ -289,7 +301,8 @@ class JsonArrayParser implements Parser {
       }
     }
     if (this.inElem) {
-      this.parts.push(s.slice(segStart), '\n');
+      this.parts.push(s.slice(segStart));
+      if (!l.partial) this.parts.push('\n');
     }
   }
 
@@ -349,6 +362,7 @@ class JsonArrayParser implements Parser {
 
 class CsvParser implements Parser {
   rows = 0;
+  readonly takesFragments = false;
   private header: string[] | null = null;
   private headerLine = 0;
   private fields: string[] = [];
@@ -359,18 +373,6 @@ class CsvParser implements Parser {
   private pending = false;
 
   constructor(private readonly file: string) {}
-
-  skipBadLine(problem: Diagnostic): void {
-    if (this.pending) {
-      this.recordBad = true;
-      return;
-    }
-    // A whole undecodable line outside quotes is its own record (or the header).
-    if (this.header === null) {
-      this.header = [];
-      this.headerLine = problem.line ?? 1;
-    } else this.rows++;
-  }
 
   feed(l: Line, out: SourceRecord[], problems: Diagnostic[]): void {
     const s = l.text;
@@ -385,6 +387,7 @@ class CsvParser implements Parser {
       // Still inside a quoted field: the newline belongs to the value.
       this.field += '\n';
     }
+    if (l.invalid) this.recordBad = true;
     let i = 0;
     const n = s.length;
     let fieldStart = true;
