@@ -16,7 +16,12 @@ export const REAL_TEMPLATE_FILES: Record<Exclude<Style, 'none'>, string> = {
 };
 
 export function realTemplate(style: Exclude<Style, 'none'>): string {
-  const file = path.join(__dirname, '..', '..', '..', 'test', 'fixtures', 'templates', REAL_TEMPLATE_FILES[style]);
+  return templateFixture(REAL_TEMPLATE_FILES[style]);
+}
+
+/** A template from test/fixtures/templates, e.g. llama3_1.jinja (Meta-Llama-3.1-8B-Instruct). */
+export function templateFixture(name: string): string {
+  const file = path.join(__dirname, '..', '..', '..', 'test', 'fixtures', 'templates', name);
   return fs.readFileSync(file, 'utf8').replace(/\n$/, '');
 }
 

@@ -7,7 +7,7 @@ import { ExampleRenderer, RenderOptions } from '../../src/core/tokenize/render';
 import { encodeRendered, TokenizedExample, utf16Index, codePointIndex, spanTokenRanges, spanTokenRangesFromOffsets } from '../../src/core/tokenize/encode';
 import { Example } from '../../src/core/dataset/formats';
 import { DatasetError } from '../../src/core/dataset/diagnostics';
-import { CONVERSATION, makeModelDir, Style, tmpDir } from './datasetHelpers';
+import { CONVERSATION, makeModelDir, Style, templateFixture, tmpDir } from './datasetHelpers';
 
 async function tokenizeWith(tok: ModelTokenizer, ex: Example, opts: Partial<RenderOptions> = {}, template: 'model' | 'chatml' | 'alpaca' = 'model'): Promise<TokenizedExample> {
   const { template: t } = resolveTemplate(tok, template);
@@ -177,4 +177,14 @@ test('span-to-token lookup by boundaries matches the per-token offsets', async (
       }
     }
   }
+});
+
+test('Llama 3.1 (date header, tool branches): the system header is masked, answers trained, one BOS', async () => {
+  const { dir } = makeModelDir('llama3', { template: templateFixture('llama3_1.jinja') });
+  const tok = await loadModelTokenizer(dir);
+  const doc = await tokenizeWith(tok, { kind: 'chat', messages: [{ role: 'system', content: 'Answer briefly.' }, ...CONVERSATION] });
+  assert.deepEqual(await runs(tok, doc, 1), EXPECTED.llama3.answers);
+  const masked = (await runs(tok, doc, 0))[0];
+  assert.ok(masked.startsWith('<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nCutting Knowledge Date: December 2023\nToday Date: 26 Jul 2024\n\nAnswer briefly.<|eot_id|>'));
+  assert.equal(Array.from(doc.ids).filter((x) => x === tok.bosId).length, 1);
 });
