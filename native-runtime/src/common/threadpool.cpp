@@ -4,6 +4,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <exception>
+#include <memory>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -19,15 +20,29 @@ namespace lora {
 
 namespace {
 
-// Index of the pool thread running the current code: 0 for the caller of parallel_for (and
-// any thread outside the pool), 1..n-1 for workers. A nested parallel_for runs serially
-// and reports this index, so per-thread scratch buffers stay private to their thread.
-thread_local int t_thread_index = 0;
+// The chunk index the current thread is running (0 outside parallel_for). A nested
+// parallel_for runs serially and reports this index, so per-chunk scratch stays private.
+thread_local int t_chunk_index = 0;
 thread_local bool t_inside_parallel = false;
 
 // Spinning briefly before sleeping keeps the hand-off cheap for the many back-to-back
 // parallel_for calls of a training step (one per GEMM), without burning a core while idle.
 constexpr int kSpinIterations = 4000;
+
+// One parallel_for call. Chunks are fixed ranges of [0, n); which thread runs a chunk is
+// decided at run time by claiming the next index. So when a worker has not been scheduled
+// yet (a busy machine), the caller runs its chunk instead of waiting for it: the
+// partitioning, and therefore every result, is unchanged. Late workers hold the job by
+// shared_ptr and find nothing left to claim.
+struct Job {
+  const std::function<void(int64_t, int64_t, int)>* fn = nullptr;
+  int64_t n = 0;
+  int chunks = 0;
+  std::atomic<int> next{0};
+  std::atomic<int> done{0};
+  std::mutex error_mutex;
+  std::exception_ptr error;
+};
 
 class ThreadPool {
  public:
@@ -49,70 +64,67 @@ class ThreadPool {
   void run(int64_t n, const std::function<void(int64_t, int64_t, int)>& fn) {
     if (n <= 0) return;
     if (t_inside_parallel) {
-      fn(0, n, t_thread_index);
+      fn(0, n, t_chunk_index);
       return;
     }
-    // Independent threads calling parallel_for at once take turns: the pool has one job slot.
+    // Independent threads calling parallel_for at once take turns.
     std::lock_guard<std::mutex> dispatch(dispatch_mutex_);
-    const int chunks = static_cast<int>(std::min<int64_t>(size_, n));
-    if (chunks <= 1) {
-      t_inside_parallel = true;
-      try {
-        fn(0, n, 0);
-      } catch (...) {
-        t_inside_parallel = false;
-        throw;
+    auto job = std::make_shared<Job>();
+    job->fn = &fn;
+    job->n = n;
+    job->chunks = static_cast<int>(std::min<int64_t>(size_, n));
+    if (job->chunks > 1) {
+      start_workers();
+      {
+        std::lock_guard<std::mutex> lock(mutex_);
+        current_ = job;
+        generation_.fetch_add(1, std::memory_order_release);
       }
-      t_inside_parallel = false;
-      return;
+      wake_cv_.notify_all();
     }
-    start_workers();
-
-    job_fn_ = &fn;
-    job_n_ = n;
-    job_chunks_ = chunks;
-    first_error_ = nullptr;
-    // Every worker acknowledges every job, even one with no chunk for it, so the job fields
-    // are never rewritten while a slow worker may still read them.
-    pending_.store(static_cast<int>(workers_.size()), std::memory_order_relaxed);
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      generation_.fetch_add(1, std::memory_order_release);
-    }
-    wake_cv_.notify_all();
-
-    run_chunk(0);
-
-    for (int spin = 0; pending_.load(std::memory_order_acquire) != 0 && spin < kSpinIterations; ++spin)
-      LORA_CPU_RELAX();
-    if (pending_.load(std::memory_order_acquire) != 0) {
+    work_on(*job);
+    for (int spin = 0; !finished(*job) && spin < kSpinIterations; ++spin) LORA_CPU_RELAX();
+    if (!finished(*job)) {
       std::unique_lock<std::mutex> lock(mutex_);
-      done_cv_.wait(lock, [&] { return pending_.load(std::memory_order_acquire) == 0; });
+      done_cv_.wait(lock, [&] { return finished(*job); });
     }
-    job_fn_ = nullptr;
-    if (first_error_) std::rethrow_exception(first_error_);
+    if (job->chunks > 1) {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (current_ == job) current_.reset();
+    }
+    if (job->error) std::rethrow_exception(job->error);
   }
 
  private:
-  // Chunk c covers [n*c/chunks, n*(c+1)/chunks): contiguous, sizes differ by at most one,
-  // and a pure function of (n, chunks), which keeps results reproducible.
-  void run_chunk(int c) {
-    const int64_t begin = job_n_ * c / job_chunks_;
-    const int64_t end = job_n_ * (c + 1) / job_chunks_;
-    t_inside_parallel = true;
-    try {
-      (*job_fn_)(begin, end, c);
-    } catch (...) {
-      std::lock_guard<std::mutex> lock(error_mutex_);
-      if (!first_error_) first_error_ = std::current_exception();
+  static bool finished(const Job& job) { return job.done.load(std::memory_order_acquire) == job.chunks; }
+
+  // Claims and runs chunks until none is left. Chunk c covers [n*c/chunks, n*(c+1)/chunks):
+  // contiguous, sizes differ by at most one, a pure function of (n, chunks).
+  void work_on(Job& job) {
+    for (;;) {
+      const int c = job.next.fetch_add(1, std::memory_order_relaxed);
+      if (c >= job.chunks) return;
+      const int64_t begin = job.n * c / job.chunks;
+      const int64_t end = job.n * (c + 1) / job.chunks;
+      t_inside_parallel = true;
+      t_chunk_index = c;
+      try {
+        (*job.fn)(begin, end, c);
+      } catch (...) {
+        std::lock_guard<std::mutex> lock(job.error_mutex);
+        if (!job.error) job.error = std::current_exception();
+      }
+      t_inside_parallel = false;
+      t_chunk_index = 0;
+      if (job.done.fetch_add(1, std::memory_order_acq_rel) + 1 == job.chunks) {
+        std::lock_guard<std::mutex> lock(mutex_);
+        done_cv_.notify_all();
+      }
     }
-    t_inside_parallel = false;
   }
 
-  // `seen` is the generation when the worker was created: a worker that starts running only
-  // after its first job was posted must still take that job.
-  void worker_loop(int index, uint64_t seen) {
-    t_thread_index = index;
+  void worker_loop() {
+    uint64_t seen = 0;
     for (;;) {
       uint64_t current = seen;
       for (int spin = 0; spin < kSpinIterations; ++spin) {
@@ -120,30 +132,25 @@ class ThreadPool {
         if (current != seen || stopping_.load(std::memory_order_acquire)) break;
         LORA_CPU_RELAX();
       }
-      if (current == seen) {
+      std::shared_ptr<Job> job;
+      {
         std::unique_lock<std::mutex> lock(mutex_);
         wake_cv_.wait(lock, [&] {
           return generation_.load(std::memory_order_acquire) != seen ||
                  stopping_.load(std::memory_order_acquire);
         });
-        current = generation_.load(std::memory_order_acquire);
+        if (stopping_.load(std::memory_order_acquire)) return;
+        seen = generation_.load(std::memory_order_acquire);
+        job = current_;
       }
-      if (stopping_.load(std::memory_order_acquire)) return;
-      seen = current;
-      if (index < job_chunks_) run_chunk(index);
-      if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
-        std::lock_guard<std::mutex> lock(mutex_);
-        done_cv_.notify_one();
-      }
+      if (job) work_on(*job);
     }
   }
 
   void start_workers() {
     if (!workers_.empty()) return;
     stopping_.store(false, std::memory_order_release);
-    const uint64_t generation = generation_.load(std::memory_order_acquire);
-    for (int i = 1; i < size_; ++i)
-      workers_.emplace_back([this, i, generation] { worker_loop(i, generation); });
+    for (int i = 1; i < size_; ++i) workers_.emplace_back([this] { worker_loop(); });
   }
 
   void stop_workers() {
@@ -158,20 +165,14 @@ class ThreadPool {
   }
 
   std::mutex dispatch_mutex_;
-  std::mutex mutex_;
-  std::mutex error_mutex_;
+  std::mutex mutex_;  // guards current_ and the condition variables' predicates
   std::condition_variable wake_cv_;
   std::condition_variable done_cv_;
   std::vector<std::thread> workers_;
+  std::shared_ptr<Job> current_;
   std::atomic<uint64_t> generation_{0};
-  std::atomic<int> pending_{0};
   std::atomic<bool> stopping_{false};
   int size_ = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-
-  const std::function<void(int64_t, int64_t, int)>* job_fn_ = nullptr;
-  int64_t job_n_ = 0;
-  int job_chunks_ = 0;
-  std::exception_ptr first_error_;
 };
 
 ThreadPool& pool() {
