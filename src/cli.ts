@@ -62,7 +62,7 @@ Environment: LORA_STUDIO_RUNTIME=path to lora-runtime (else the bundled native-r
  quant:     --quant none|nf4|fp4|int8  --no-double-quant  --block-size N
  training:  --lr X  --schedule constant|linear|cosine  --warmup N  --epochs N  --max-steps N
             --seq-len N  --micro-batch N  --grad-accum N  --optimizer adamw|sgd  --weight-decay X
-            --max-grad-norm X  --no-grad-checkpointing  --seed N  --eval-every N  --save-every N
+            --max-grad-norm X  --grad-checkpointing | --no-grad-checkpointing  --seed N  --eval-every N  --save-every N
             --early-stopping N
  data:      --eval-data FILE  --eval-split X  --format auto|messages|alpaca|prompt_completion|text
             --template model|llama3|chatml|mistral|gemma|alpaca  --train-on completion|all
@@ -107,7 +107,7 @@ const TRAIN_OPTIONS: ParseArgsConfig['options'] = {
   lr: { type: 'string' }, schedule: { type: 'string' }, warmup: { type: 'string' }, epochs: { type: 'string' },
   'max-steps': { type: 'string' }, 'seq-len': { type: 'string' }, 'micro-batch': { type: 'string' },
   'grad-accum': { type: 'string' }, optimizer: { type: 'string' }, 'weight-decay': { type: 'string' },
-  'max-grad-norm': { type: 'string' }, 'no-grad-checkpointing': { type: 'boolean' }, seed: { type: 'string' },
+  'max-grad-norm': { type: 'string' }, 'grad-checkpointing': { type: 'boolean' }, 'no-grad-checkpointing': { type: 'boolean' }, seed: { type: 'string' },
   'eval-every': { type: 'string' }, 'save-every': { type: 'string' }, 'early-stopping': { type: 'string' },
   'eval-data': { type: 'string' }, 'eval-split': { type: 'string' }, format: { type: 'string' }, template: { type: 'string' },
   'train-on': { type: 'string' }, 'assistant-turns': { type: 'string' }, 'over-length': { type: 'string' },
@@ -160,7 +160,7 @@ function flagsToConfig(o: Opts): DeepPartial<TrainConfig> {
       lr: num('lr', o.lr, false), schedule: str(o.schedule), warmupSteps: num('warmup', o.warmup, true), epochs: num('epochs', o.epochs, true),
       maxSteps, seqLen: num('seq-len', o['seq-len'], true), microBatch: num('micro-batch', o['micro-batch'], true),
       gradAccum: num('grad-accum', o['grad-accum'], true), optimizer: str(o.optimizer), weightDecay: num('weight-decay', o['weight-decay'], false),
-      maxGradNorm: num('max-grad-norm', o['max-grad-norm'], false), gradCheckpointing: o['no-grad-checkpointing'] ? false : undefined,
+      maxGradNorm: num('max-grad-norm', o['max-grad-norm'], false), gradCheckpointing: o['no-grad-checkpointing'] ? false : o['grad-checkpointing'] ? true : undefined,
       seed: num('seed', o.seed, true), evalEvery: num('eval-every', o['eval-every'], true), saveEvery: num('save-every', o['save-every'], true),
       earlyStoppingPatience: num('early-stopping', o['early-stopping'], true),
     },

@@ -15,18 +15,20 @@
 //   LoRA          = P = Σ_targets L × r × (in + out);  P × (4 master + 4 grad + 8 AdamW m,v)
 //                   (SGD: P × 8)
 //   activations   = per token and layer the runtime keeps (model/forward.hpp LayerActs):
-//                   A = a × (3H + 2 + 2·nh·hd + 2·nkv·hd + nh + 3I + Σ_targets (in + r))
-//                       + Σ_targets in  (1-byte dropout masks, when dropout > 0)
+//                   A = a × (3H + 2 + 2·nh·hd + 2·nkv·hd + nh + 3I + Σ_targets r)
+//                       + Σ_targets in × (a + 1) when dropout > 0 (the dropped-out LoRA input
+//                         and its 1-byte mask; without dropout the layer input is reused)
 //                   plus every layer's input (L + 1) × H × a.
 //                   Without checkpointing: T × (L × A + (L + 1)·H·a)
 //                   With checkpointing:    T × (A + (L + 1)·H·a)   (one layer recomputed at a time)
 //   backward      = gradient scratch for one layer: T × a × (4H + 2·nh·hd + 2·nkv·hd + 3I)
 //   logits chunk  = the LM head runs over chunks of c = min(1024, 16 MiB / (4V)) target tokens:
 //                   c × V × 4 (logits, their gradient in place) + 2 × c × H × 4
-//   overhead      = CUDA context + cuBLAS workspace allowance (600 MiB), or the process and
-//                   thread stacks on CPU (64 MiB)
+//   overhead      = CUDA context + cuBLAS workspace allowance (600 MiB), or the process's
+//                   code, libraries and thread stacks on CPU (8 MiB, measured)
 //   slack         = 5% of the above on CUDA for allocator fragmentation
-// The formula is checked against measured peaks on CPU by the tests; see docs/estimate.md.
+// test/unit/estimate-runtime.test.ts checks it against the runtime's measured peak RSS on CPU;
+// see docs/estimate.md.
 import { ModelInspection } from './model/inspect';
 import { DTYPE_BYTES } from './model/dtype';
 
@@ -63,7 +65,7 @@ export interface MemoryEstimate {
 }
 
 export const CUDA_CONTEXT_BYTES = 600 * 1024 * 1024;
-export const CPU_PROCESS_BYTES = 64 * 1024 * 1024;
+export const CPU_PROCESS_BYTES = 8 * 1024 * 1024;
 export const CUDA_SLACK_FRACTION = 0.05;
 
 /** Bytes per weight element under a quantization, including the absmax storage. */
@@ -98,9 +100,9 @@ export function estimateMemory(inp: EstimateInput): MemoryEstimate {
   const P = chosen.reduce((s, t) => s + t.layers * inp.lora.r * (t.inFeatures + t.outFeatures), 0);
   const loraBytes = P * (inp.train.optimizer === 'adamw' ? 16 : 8);
 
-  const loraActs = chosen.reduce((s, t) => s + t.inFeatures + inp.lora.r, 0);
-  const masks = inp.lora.dropout > 0 ? chosen.reduce((s, t) => s + t.inFeatures, 0) : 0;
-  const perTokenLayer = a * (3 * H + 2 + 2 * qDim + 2 * kvDim + m.heads + 3 * I + loraActs) + masks;
+  const loraActs = chosen.length * inp.lora.r;
+  const dropoutCopies = inp.lora.dropout > 0 ? chosen.reduce((s, t) => s + t.inFeatures, 0) * (a + 1) : 0;
+  const perTokenLayer = a * (3 * H + 2 + 2 * qDim + 2 * kvDim + m.heads + 3 * I + loraActs) + dropoutCopies;
   const layerInputs = (L + 1) * H * a;
   const actsNoCkpt = T * (L * perTokenLayer + layerInputs);
   const actsCkpt = T * (perTokenLayer + layerInputs);
