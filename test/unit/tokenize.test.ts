@@ -188,3 +188,16 @@ test('Llama 3.1 (date header, tool branches): the system header is masked, answe
   assert.ok(masked.startsWith('<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nCutting Knowledge Date: December 2023\nToday Date: 26 Jul 2024\n\nAnswer briefly.<|eot_id|>'));
   assert.equal(Array.from(doc.ids).filter((x) => x === tok.bosId).length, 1);
 });
+
+test('truncation and padding configured in tokenizer.json are switched off', async () => {
+  const { dir } = makeModelDir('chatml');
+  const file = path.join(dir, 'tokenizer.json');
+  const json = JSON.parse(fs.readFileSync(file, 'utf8'));
+  json.truncation = { direction: 'Right', max_length: 8, strategy: 'LongestFirst', stride: 0 };
+  json.padding = { strategy: { Fixed: 1024 }, direction: 'Right', pad_to_multiple_of: null, pad_id: 0, pad_type_id: 0, pad_token: '<|endoftext|>' };
+  fs.writeFileSync(file, JSON.stringify(json));
+  const tok = await loadModelTokenizer(dir);
+  const doc = await tokenizeWith(tok, { kind: 'chat', messages: CONVERSATION });
+  assert.ok(doc.ids.length > 8 && doc.ids.length < 1024, `${doc.ids.length} tokens: neither truncated to 8 nor padded to 1024`);
+  assert.deepEqual(await runs(tok, doc, 1), EXPECTED.chatml.answers);
+});

@@ -76,6 +76,10 @@ export async function loadModelTokenizer(modelDir: string): Promise<ModelTokeniz
   } catch (err) {
     throw new DatasetError(`${tokFile}: the tokenizer cannot be loaded: ${err instanceof Error ? err.message : String(err)}`, [], 'the file may be truncated or written by a newer tokenizers version');
   }
+  // Some tokenizer.json files ship with truncation or padding switched on (e.g. truncation
+  // at 512 from a classification export): rows must be cut only by seq_len, visibly.
+  tokenizer.disableTruncation();
+  tokenizer.disablePadding();
   const tokJson = readJsonFile(tokFile, 'tokenizer.json');
   const specialTokens = new Set<string>();
   if (Array.isArray(tokJson.added_tokens)) {
