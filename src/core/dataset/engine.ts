@@ -239,7 +239,7 @@ export class DataEngine {
         files.push(this.fileSummary(ev, 'eval'));
       }
       if (this.splits.train.documents === 0 && (this.tok || files[0].rowsUsable === 0)) {
-        const list = this.sink.list();
+        const list = this.sortedDiagnostics();
         const reasons = Object.entries(files[0].rowsSkipped).map(([k, n]) => `${n} ${k}`).join(', ');
         throw new DatasetError(
           `no usable training rows in ${o.data}: ${files[0].rowsRead} read${reasons ? `, skipped: ${reasons}` : ''}`,
