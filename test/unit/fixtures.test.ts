@@ -11,6 +11,7 @@ import { writeTinyModel } from '../../src/core/fixtures/tinyModel';
 import { trainBpe, bytesToUnicode } from '../../src/core/fixtures/bpe';
 import { TOKENIZER_STYLES } from '../../src/core/fixtures/chatStyles';
 import { readModelWeights, readTensorF32 } from '../../src/core/model/safetensors';
+import { demoCorpus, demoRows } from '../../src/core/fixtures/demoData';
 
 function tmp(): string {
   return fs.mkdtempSync(path.join(os.tmpdir(), 'fixtures-test-'));
@@ -151,4 +152,20 @@ test('fixtures: CLI writes a model and reports it as JSON; bad options exit 2', 
   const bad = spawnSync(process.execPath, [cli, 'model', '--out', dir, '--heads', '3', '--kv-heads', '2'], { encoding: 'utf8' });
   assert.equal(bad.status, 2);
   assert.match(bad.stderr, /multiple of kvHeads/);
+});
+
+test('fixtures: demo dataset is deterministic, distinct, well-formed chat rows in a fixed answer style', () => {
+  const rows = demoRows();
+  assert.equal(rows.length, 400);
+  assert.deepEqual(demoRows(), rows, 'same seed, same rows');
+  assert.notDeepEqual(demoRows(400, 8), rows);
+  assert.equal(new Set(rows.map((r) => JSON.stringify(r))).size, 400);
+  for (const r of rows) {
+    const roles = r.messages.map((m) => m.role).join(',');
+    assert.ok(roles === 'user,assistant' || roles === 'system,user,assistant', roles);
+    const [q, a] = r.messages.slice(-2).map((m) => m.content);
+    const sum = /(\d+) (?:plus|and) (\d+)/.exec(q);
+    if (sum && /plus|Add/.test(q)) assert.equal(a, `${sum[1]} plus ${sum[2]} is ${Number(sum[1]) + Number(sum[2])}.`);
+  }
+  assert.ok(demoCorpus(rows).length >= 800);
 });

@@ -8,6 +8,7 @@ import {
   EventsTail, createRunDir, digestEvents, latestCheckpoint, listRuns, makeRunId, summarizeRun, writeRunJson,
 } from '../../src/core/runs/runs';
 import { parseEventLine, RuntimeEvent } from '../../src/core/runtime/events';
+import { ProgressTracker, formatDuration, formatProgress } from '../../src/core/runs/progress';
 
 function tmp(): string {
   return fs.mkdtempSync(path.join(os.tmpdir(), 'runs-test-'));
@@ -58,6 +59,7 @@ test('runs: digest of events gives status, steps, losses, duration; last done wi
   const resumed = first + ev({ type: 'plan', steps_total: 10, tokens_per_step: 1, epochs: 1, train_tokens: 1, eval_tokens: 0 }) + step(3, 2) + ev({ type: 'eval', step: 3, loss: 2.2 }) + ev({ type: 'done', status: 'completed', step: 3, adapter: '/r/adapter' });
   d = digestEvents(parse(resumed));
   assert.deepEqual([d.status, d.step, d.finalLoss, d.lastEvalLoss, d.adapter], ['completed', 3, 2, 2.2, '/r/adapter']);
+  assert.equal(d.durationS, 4 + 6, 'durations of both sessions add up');
   d = digestEvents(parse(ev({ type: 'error', code: 'x', message: 'bad r', hint: 'smaller' }) + ev({ type: 'done', status: 'failed', step: 0 })));
   assert.deepEqual([d.status, d.error], ['failed', { message: 'bad r', hint: 'smaller' }]);
 });
@@ -103,4 +105,26 @@ test('runs: latest complete checkpoint', () => {
   fs.mkdirSync(path.join(dir, 'checkpoints', 'step-12.tmp'));
   fs.mkdirSync(path.join(dir, 'checkpoints', 'step-11'));
   assert.equal(latestCheckpoint(dir)!.step, 10);
+});
+
+test('progress: ETA from the pace of the current session, also after a resume; formatting', () => {
+  const p = new ProgressTracker();
+  const stepEv = (step: number, elapsed: number, loss: number) => JSON.parse(step_(step, elapsed, loss)) as RuntimeEvent;
+  const step_ = (n: number, el: number, loss: number) => JSON.stringify({ v: 1, type: 'step', step: n, epoch: 0, loss, lr: 1e-3, grad_norm: 1, tokens_per_s: 500, elapsed_s: el, mem: { used: 1, peak: 2, device_used: 3, device_total: 4 } });
+  p.update({ v: 1, type: 'plan', steps_total: 100, tokens_per_step: 1, epochs: 1, train_tokens: 1, eval_tokens: 0 });
+  p.update(stepEv(1, 2, 4));
+  p.update(stepEv(10, 20, 2));
+  assert.equal(p.state.etaS, 90 * 2);
+  assert.ok(Math.abs(p.state.smoothedLoss! - (0.9 * 4 + 0.1 * 2)) < 1e-12);
+  // resumed at step 50: elapsed restarts at the new session
+  p.update({ v: 1, type: 'plan', steps_total: 100, tokens_per_step: 1, epochs: 1, train_tokens: 1, eval_tokens: 0 });
+  p.update(stepEv(51, 1, 1.5));
+  p.update(stepEv(60, 5, 1.4));
+  assert.equal(p.state.etaS, (40 * 5) / 10);
+  p.update({ v: 1, type: 'eval', step: 60, loss: 1.45 });
+  assert.equal(formatProgress(p.state), 'step 60/100 · loss 1.4000 · eval 1.4500 · 500 tok/s · ETA 20s');
+  assert.match(formatProgress(p.state, 10), /^\[######\.\.\.\.\]  60% · step 60\/100/);
+  p.update({ v: 1, type: 'done', status: 'completed', step: 100, adapter: '/a' });
+  assert.deepEqual([p.state.status, p.state.etaS, p.state.adapter], ['completed', 0, '/a']);
+  assert.deepEqual([formatDuration(59.6), formatDuration(61), formatDuration(3 * 3600 + 5 * 60), formatDuration(null)], ['1m00s', '1m01s', '3h05m', '--']);
 });

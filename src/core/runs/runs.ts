@@ -172,10 +172,21 @@ export function digestEvents(events: readonly RuntimeEvent[]): EventsDigest {
     status: null, step: 0, stepsTotal: null, finalLoss: null, lastEvalLoss: null, durationS: null,
     adapter: null, lastCheckpoint: null, error: null,
   };
+  // elapsed_s restarts in every runtime session (a resume is a new process): the duration is
+  // the sum of each session's last elapsed_s.
+  let earlierSessions = 0;
+  let sessionElapsed = 0;
   for (const e of events) {
     switch (e.type) {
-      case 'plan': d.stepsTotal = e.steps_total; d.status = null; d.error = null; break;
-      case 'step': d.step = e.step; d.finalLoss = e.loss; d.durationS = e.elapsed_s; break;
+      case 'plan':
+        earlierSessions += sessionElapsed;
+        sessionElapsed = 0;
+        d.stepsTotal = e.steps_total; d.status = null; d.error = null;
+        break;
+      case 'step':
+        sessionElapsed = e.elapsed_s;
+        d.step = e.step; d.finalLoss = e.loss; d.durationS = earlierSessions + sessionElapsed;
+        break;
       case 'eval': d.lastEvalLoss = e.loss; break;
       case 'checkpoint': d.lastCheckpoint = e.path; break;
       case 'error': d.error = { message: e.message, hint: e.hint }; break;
