@@ -7,7 +7,7 @@ import { ExampleRenderer, RenderOptions } from '../../src/core/tokenize/render';
 import { encodeRendered, TokenizedExample, utf16Index, codePointIndex, spanTokenRanges, spanTokenRangesFromOffsets } from '../../src/core/tokenize/encode';
 import { Example } from '../../src/core/dataset/formats';
 import { DatasetError } from '../../src/core/dataset/diagnostics';
-import { CONVERSATION, makeModelDir, Style, templateFixture, tmpDir } from './datasetHelpers';
+import { CONVERSATION, makeModelDir, realTemplate, Style, templateFixture, tmpDir } from './datasetHelpers';
 
 async function tokenizeWith(tok: ModelTokenizer, ex: Example, opts: Partial<RenderOptions> = {}, template: 'model' | 'chatml' | 'alpaca' = 'model'): Promise<TokenizedExample> {
   const { template: t } = resolveTemplate(tok, template);
@@ -200,4 +200,15 @@ test('truncation and padding configured in tokenizer.json are switched off', asy
   const doc = await tokenizeWith(tok, { kind: 'chat', messages: CONVERSATION });
   assert.ok(doc.ids.length > 8 && doc.ids.length < 1024, `${doc.ids.length} tokens: neither truncated to 8 nor padded to 1024`);
   assert.deepEqual(await runs(tok, doc, 1), EXPECTED.chatml.answers);
+});
+
+test('a chat template saved beside the config (chat_template.jinja / chat_template.json) is found', async () => {
+  const { dir } = makeModelDir('gemma', { template: null });
+  assert.equal((await loadModelTokenizer(dir)).modelTemplate, null);
+  fs.writeFileSync(path.join(dir, 'chat_template.json'), JSON.stringify({ chat_template: realTemplate('gemma') }));
+  assert.equal((await loadModelTokenizer(dir)).modelTemplate!.source, realTemplate('gemma'));
+  fs.writeFileSync(path.join(dir, 'chat_template.jinja'), realTemplate('chatml'));
+  const tok = await loadModelTokenizer(dir);
+  assert.equal(tok.modelTemplate!.source, realTemplate('chatml'));
+  assert.equal(resolveTemplate(tok, 'model').fallbackFrom, undefined);
 });

@@ -132,8 +132,17 @@ export async function loadModelTokenizer(modelDir: string): Promise<ModelTokeniz
     defaultPrefixIds,
     defaultSuffixIds,
     specialTokens,
-    modelTemplate: pickModelTemplate(cfg.chat_template),
+    modelTemplate: pickModelTemplate(cfg.chat_template) ?? templateFromSideFile(dir),
   };
+}
+
+/** Newer transformers save the template next to the config: chat_template.jinja or .json. */
+function templateFromSideFile(dir: string): { source: string; name?: string } | null {
+  const jinja = path.join(dir, 'chat_template.jinja');
+  if (fs.existsSync(jinja)) return pickModelTemplate(fs.readFileSync(jinja, 'utf8'));
+  const json = path.join(dir, 'chat_template.json');
+  if (fs.existsSync(json)) return pickModelTemplate(readJsonFile(json, 'chat_template.json').chat_template);
+  return null;
 }
 
 export interface ResolvedTemplate {
