@@ -79,7 +79,7 @@ export async function prepareDataset(opts: PrepareOptions): Promise<PrepareResul
 
 function writeFileAtomic(file: string, text: string): void {
   fs.mkdirSync(path.dirname(file), { recursive: true });
-  const tmp = `${file}.tmp-${process.pid}`;
+  const tmp = `${file}.tmp-${process.pid}-${Math.random().toString(36).slice(2)}`;
   fs.writeFileSync(tmp, text);
   fs.renameSync(tmp, file);
 }
