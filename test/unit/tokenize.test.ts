@@ -212,3 +212,13 @@ test('a chat template saved beside the config (chat_template.jinja / chat_templa
   assert.equal(tok.modelTemplate!.source, realTemplate('chatml'));
   assert.equal(resolveTemplate(tok, 'model').fallbackFrom, undefined);
 });
+
+test('token masks for the options: last assistant turn only, and everything', async () => {
+  const { dir } = makeModelDir('gemma');
+  const tok = await loadModelTokenizer(dir);
+  const last = await tokenizeWith(tok, { kind: 'chat', messages: CONVERSATION }, { assistantTurns: 'last' });
+  assert.deepEqual(await runs(tok, last, 1), [EXPECTED.gemma.answers[1]]);
+  const all = await tokenizeWith(tok, { kind: 'chat', messages: CONVERSATION }, { trainOn: 'all' });
+  assert.deepEqual(Array.from(all.mask.subarray(1)), new Array(all.mask.length - 1).fill(1));
+  assert.deepEqual(Array.from(all.ids), Array.from(last.ids), 'the options change the mask, never the tokens');
+});
