@@ -179,7 +179,15 @@ function readConfigFile(file: string): TrainConfig {
   try {
     json = JSON.parse(text.replace(/^\uFEFF/, ''));
   } catch (e) {
-    throw new CliError(`${file}: not valid JSON (${(e as Error).message})`, 'the config file is a JSON object of TrainConfig settings');
+    const msg = (e as Error).message;
+    const at = /at position (\d+)/.exec(msg);
+    let where = '';
+    if (at) {
+      const before = text.replace(/^\uFEFF/, '').slice(0, Number(at[1]));
+      const line = before.split('\n').length;
+      where = `:${line}:${Number(at[1]) - before.lastIndexOf('\n')}`;
+    }
+    throw new CliError(`${file}${where}: not valid JSON (${msg})`, 'the config file is a JSON object of TrainConfig settings (see docs/cli.md)');
   }
   const c = parseConfig(json, file);
   // Relative paths in a config file are relative to the file, like run.json's.

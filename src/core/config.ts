@@ -228,7 +228,6 @@ export function validateConfig(c: TrainConfig, ctx: ValidateContext = {}): Confi
   if (Number.isInteger(q.blockSize) && q.blockSize > 0 && (q.blockSize & (q.blockSize - 1)) !== 0) {
     err('quant.blockSize', `is ${q.blockSize}, not a power of two`, 'use 64 (QLoRA), or another power of two from 16 to 4096');
   }
-  if (q.type === 'none' && q.doubleQuant) warn('quant.doubleQuant', 'has no effect without quantization');
 
   const t = c.train;
   int('train.seqLen', t.seqLen, 2, 1 << 20);

@@ -129,6 +129,11 @@ test('cli: bad config, bad model, runtime errors and a missing runtime exit 2 wi
   assert.equal(badCfg.status, 2);
   assert.match(badCfg.stderr, /cfg\.json: error: lora\.rank: is not a known setting/);
 
+  fs.writeFileSync(cfgFile, '{\n  "lora": {\n    "r": 8,\n  }\n}\n');
+  const badJson = cli(e, [...trainArgs(e), '--config', cfgFile]);
+  assert.equal(badJson.status, 2);
+  assert.match(badJson.stderr, /cfg\.json:4:3: not valid JSON/);
+
   const noModel = cli(e, ['train', '--model', path.join(e.dir, 'nope'), '--data', e.data]);
   assert.equal(noModel.status, 2);
   assert.match(noModel.stderr, /model folder not found/);
