@@ -233,6 +233,41 @@ TEST(matmul_all_variants_match_naive_on_odd_shapes) {
       }
 }
 
+// Shapes that cross the GEMM's outer blocks (1020 rows, 2048 columns, 1024 deep), with both
+// the in-place (N <= 96) and the packed handling of A.
+TEST(matmul_crosses_outer_blocks) {
+  ThreadCount tc(2);
+  const int64_t shapes[][3] = {{1031, 37, 20}, {1031, 113, 20}, {7, 2053, 30}, {9, 120, 2100}, {13, 40, 2100}};
+  int variant = 0;
+  for (const auto& sh : shapes) {
+    const int64_t M = sh[0], N = sh[1], K = sh[2];
+    for (int kind = 0; kind < 3; ++kind) {
+      ++variant;
+      const bool acc = variant % 2 == 1;
+      const auto A = random_vec(M * K, 900 + variant), B = random_vec(N * K, 950 + variant);
+      auto C = random_vec(M * N, 990 + variant);
+      auto ref = C;
+      if (kind == 0) {
+        matmul_nt(C.data(), A.data(), B.data(), M, N, K, 0.5f, acc);
+        naive_gemm(ref, A, false, B, true, M, N, K, 0.5f, acc);
+      } else if (kind == 1) {
+        matmul_nn(C.data(), A.data(), B.data(), M, N, K, 0.5f, acc);
+        naive_gemm(ref, A, false, B, false, M, N, K, 0.5f, acc);
+      } else {
+        matmul_tn(C.data(), A.data(), B.data(), M, N, K, 0.5f, acc);
+        naive_gemm(ref, A, true, B, false, M, N, K, 0.5f, acc);
+      }
+      double worst = 0.0;
+      for (size_t i = 0; i < C.size(); ++i) worst = std::max(worst, double(std::fabs(C[i] - ref[i])));
+      if (worst > 2e-6 * double(K) + 1e-6) {
+        std::ostringstream os;
+        os << "matmul kind " << kind << " M=" << M << " N=" << N << " K=" << K << ": max error " << worst;
+        lora_test::record_failure(__FILE__, __LINE__, os.str());
+      }
+    }
+  }
+}
+
 TEST(matmul_zero_k_clears_or_keeps_c) {
   std::vector<float> C = {1.f, 2.f, 3.f, 4.f};
   matmul_nt(C.data(), nullptr, nullptr, 2, 2, 0, 1.0f, true);

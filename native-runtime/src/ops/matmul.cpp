@@ -14,6 +14,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <memory>
 #include <new>
 
@@ -37,6 +38,11 @@ constexpr int64_t KC = 256;
 // reading A in place wins 2x at N = 16 and loses ~10% from N = 128 on, where the packed
 // panel's single sequential stream prefetches better than six separate rows.
 constexpr int64_t kInPlaceMaxNPanels = 6;
+// Outer blocks (see gemm): at most MC_BLOCK x KC_BLOCK floats of A (4 MiB) and
+// KC_BLOCK x NC_BLOCK of B (8 MiB) are packed at a time.
+constexpr int64_t MC_BLOCK = 1020;  // a multiple of MR
+constexpr int64_t NC_BLOCK = 2048;  // a multiple of NR
+constexpr int64_t KC_BLOCK = 1024;  // a multiple of KC
 // Below this many multiply-adds the hand-off to the pool costs more than it saves.
 constexpr int64_t kParallelMinFlops = 1 << 18;
 
@@ -277,6 +283,12 @@ void micro_kernel(int64_t kc, const float* const* a, const float* b, float* C, i
 #endif
 
 // C[M,N] (=|+=) alpha * op(A)[M,K] . op(B)[K,N].
+//
+// Loops, outermost first: column blocks of NC_BLOCK, depth blocks of KC_BLOCK, row blocks of
+// MC_BLOCK; for each, the operands' blocks are packed (B once per column and depth block) and
+// the block's output tiles are computed, each tile walking its KC-deep slices in order.
+// The blocks bound the packing memory (a 128k-vocabulary LM head must not be copied whole)
+// while staying large enough that every shape of a small model is one block.
 void gemm(float* C, const float* A, Layout a_layout, const float* B, Layout b_layout, int64_t M,
           int64_t N, int64_t K, float alpha, bool accumulate) {
   if (M <= 0 || N <= 0) return;
@@ -284,98 +296,112 @@ void gemm(float* C, const float* A, Layout a_layout, const float* B, Layout b_la
     if (!accumulate) std::memset(C, 0, sizeof(float) * M * N);
     return;
   }
-  const int64_t m_panels = (M + MR - 1) / MR;
-  const int64_t n_panels = (N + NR - 1) / NR;
-  const int64_t k_blocks = (K + KC - 1) / KC;
-  // Packed layout, K block by K block: the panel i of the block starting at row k0 (kc rows)
-  // begins at k0 * panels * width + i * width * kc. B panels are therefore 64-byte aligned
-  // (NR floats are 64 bytes) and read with aligned loads; A panels are only broadcast from.
-  // A transposed (tn) is always packed. A row-major A is read in place when the product is
-  // thin (see kInPlaceMaxNPanels).
-  const bool pack_a = a_layout == Layout::Transposed || n_panels > kInPlaceMaxNPanels;
-  float* a_pack = pack_a ? t_pack_a.reserve(static_cast<size_t>(m_panels * MR * K)) : nullptr;
-  float* b_pack = t_pack_b.reserve(static_cast<size_t>(n_panels * NR * K));
+  const int64_t n_panels_total = (N + NR - 1) / NR;
+  // A transposed (tn) is always packed; a row-major A only when the product is not thin
+  // (see kInPlaceMaxNPanels).
+  const bool pack_a = a_layout == Layout::Transposed || n_panels_total > kInPlaceMaxNPanels;
+  const int threads = M * N * K < kParallelMinFlops ? 1 : num_threads();
 
-  const int64_t flops = M * N * K;
-  const int threads = flops < kParallelMinFlops ? 1 : num_threads();
+  const int64_t mc_max = std::min(M, MC_BLOCK), nc_max = std::min(N, NC_BLOCK), kc_max = std::min(K, KC_BLOCK);
+  float* a_pack =
+      pack_a ? t_pack_a.reserve(static_cast<size_t>(((mc_max + MR - 1) / MR) * MR * kc_max)) : nullptr;
+  float* b_pack = t_pack_b.reserve(static_cast<size_t>(((nc_max + NR - 1) / NR) * NR * kc_max));
 
-  const int64_t a_items = pack_a ? m_panels : 0;
-  auto pack_range = [&](int64_t begin, int64_t end, int) {
-    for (int64_t item = begin; item < end; ++item) {
-      for (int64_t kb = 0; kb < k_blocks; ++kb) {
-        const int64_t k0 = kb * KC;
-        const int64_t kc = std::min(KC, K - k0);
-        if (item < a_items) {
-          pack_a_panel(a_pack + k0 * m_panels * MR + item * MR * kc, A, a_layout, M, K, item * MR,
-                       k0, kc);
-        } else {
-          const int64_t j = item - a_items;
-          pack_b_panel(b_pack + k0 * n_panels * NR + j * NR * kc, B, b_layout, N, K, j * NR, k0, kc);
-        }
-      }
-    }
-  };
-  if (threads == 1) {
-    pack_range(0, a_items + n_panels, 0);
-  } else {
-    parallel_for(a_items + n_panels, pack_range);
-  }
-
-  // Tile shape: start from 16 x 16 panels (96 x 256) and halve until there are enough tiles
-  // for an even static split; the result is the same for any tile shape.
-  int64_t tile_m = 16, tile_n = 16;
-  auto tile_count = [&] {
-    return ((m_panels + tile_m - 1) / tile_m) * ((n_panels + tile_n - 1) / tile_n);
-  };
-  const int64_t wanted = threads == 1 ? 1 : int64_t(threads) * 6;
-  while (tile_count() < wanted && (tile_n > 2 || tile_m > 2)) {
-    if (tile_n >= tile_m && tile_n > 2) {
-      tile_n /= 2;
+  // Generic, so that the single-threaded path calls the body directly (inlined).
+  auto run = [&](int64_t items, const auto& fn) {
+    if (threads == 1) {
+      fn(0, items, 0);
     } else {
-      tile_m /= 2;
+      parallel_for(items, fn);
     }
-  }
-  const int64_t m_tiles = (m_panels + tile_m - 1) / tile_m;
-  const int64_t n_tiles = (n_panels + tile_n - 1) / tile_n;
+  };
 
-  // Tiles are numbered column-block major so that a thread's consecutive tiles share the
-  // same packed B columns, which then stay in its L2.
-  auto compute_range = [&](int64_t begin, int64_t end, int) {
-    for (int64_t tile = begin; tile < end; ++tile) {
-      const int64_t tn = tile / m_tiles, tm = tile % m_tiles;
-      const int64_t ip0 = tm * tile_m, ip1 = std::min(m_panels, ip0 + tile_m);
-      const int64_t jp0 = tn * tile_n, jp1 = std::min(n_panels, jp0 + tile_n);
-      for (int64_t kb = 0; kb < k_blocks; ++kb) {
-        const int64_t k0 = kb * KC;
-        const int64_t kc = std::min(KC, K - k0);
-        const bool overwrite = kb == 0 && !accumulate;
-        const float* b_block = b_pack + k0 * n_panels * NR;
-        for (int64_t jp = jp0; jp < jp1; ++jp) {
-          const int64_t j0 = jp * NR;
-          const int64_t cols = std::min(NR, N - j0);
-          const float* bp = b_block + jp * NR * kc;
-          for (int64_t ip = ip0; ip < ip1; ++ip) {
-            const int64_t i0 = ip * MR;
-            const int64_t rows = std::min(MR, M - i0);
-            const float* a_rows[MR];
-            if (pack_a) {
-              const float* panel = a_pack + k0 * m_panels * MR + ip * MR * kc;
-              for (int64_t r = 0; r < MR; ++r) a_rows[r] = panel + r;
-              micro_kernel<MR>(kc, a_rows, bp, C + i0 * N + j0, N, rows, cols, alpha, overwrite);
-            } else {
-              // Rows past M repeat the last real row: valid memory, results discarded.
-              for (int64_t r = 0; r < MR; ++r) a_rows[r] = A + (i0 + std::min(r, rows - 1)) * K + k0;
-              micro_kernel<1>(kc, a_rows, bp, C + i0 * N + j0, N, rows, cols, alpha, overwrite);
+  for (int64_t jc = 0; jc < N; jc += NC_BLOCK) {
+    const int64_t nc = std::min(NC_BLOCK, N - jc);
+    const int64_t n_panels = (nc + NR - 1) / NR;
+    for (int64_t pc = 0; pc < K; pc += KC_BLOCK) {
+      const int64_t kcb = std::min(KC_BLOCK, K - pc);
+      const int64_t k_slices = (kcb + KC - 1) / KC;
+      for (int64_t ic = 0; ic < M; ic += MC_BLOCK) {
+        const int64_t mc = std::min(MC_BLOCK, M - ic);
+        const int64_t m_panels = (mc + MR - 1) / MR;
+
+        // Packed layout, slice by slice: in the slice starting at depth k0 (kc deep), panel i
+        // begins at k0 * panels * width + i * width * kc. B panels are 64-byte aligned (NR
+        // floats are 64 bytes) and read with aligned loads; A panels are only broadcast from.
+        const int64_t a_items = pack_a ? m_panels : 0;
+        const int64_t b_items = ic == 0 ? n_panels : 0;
+        run(a_items + b_items, [&](int64_t begin, int64_t end, int) {
+          for (int64_t item = begin; item < end; ++item) {
+            for (int64_t s = 0; s < k_slices; ++s) {
+              const int64_t k0 = s * KC;
+              const int64_t kc = std::min(KC, kcb - k0);
+              if (item < a_items) {
+                pack_a_panel(a_pack + k0 * m_panels * MR + item * MR * kc, A, a_layout, M, K,
+                             ic + item * MR, pc + k0, kc);
+              } else {
+                const int64_t j = item - a_items;
+                pack_b_panel(b_pack + k0 * n_panels * NR + j * NR * kc, B, b_layout, N, K, jc + j * NR,
+                             pc + k0, kc);
+              }
             }
           }
+        });
+
+        // Tile shape: start from 16 x 16 panels (96 x 256) and halve until there are enough
+        // tiles for an even static split; the result is the same for any tile shape.
+        int64_t tile_m = 16, tile_n = 16;
+        auto tile_count = [&] {
+          return ((m_panels + tile_m - 1) / tile_m) * ((n_panels + tile_n - 1) / tile_n);
+        };
+        const int64_t wanted = threads == 1 ? 1 : int64_t(threads) * 6;
+        while (tile_count() < wanted && (tile_n > 2 || tile_m > 2)) {
+          if (tile_n >= tile_m && tile_n > 2) {
+            tile_n /= 2;
+          } else {
+            tile_m /= 2;
+          }
         }
+        const int64_t m_tiles = (m_panels + tile_m - 1) / tile_m;
+        const int64_t n_tiles = (n_panels + tile_n - 1) / tile_n;
+
+        // Tiles are numbered column-block major so that a thread's consecutive tiles share the
+        // same packed B columns, which then stay in its L2.
+        run(m_tiles * n_tiles, [&](int64_t begin, int64_t end, int) {
+          for (int64_t tile = begin; tile < end; ++tile) {
+            const int64_t tn = tile / m_tiles, tm = tile % m_tiles;
+            const int64_t ip0 = tm * tile_m, ip1 = std::min(m_panels, ip0 + tile_m);
+            const int64_t jp0 = tn * tile_n, jp1 = std::min(n_panels, jp0 + tile_n);
+            for (int64_t s = 0; s < k_slices; ++s) {
+              const int64_t k0 = s * KC;
+              const int64_t kc = std::min(KC, kcb - k0);
+              const bool overwrite = pc + k0 == 0 && !accumulate;
+              for (int64_t jp = jp0; jp < jp1; ++jp) {
+                const int64_t j0 = jc + jp * NR;
+                const int64_t cols = std::min(NR, N - j0);
+                const float* bp = b_pack + k0 * n_panels * NR + jp * NR * kc;
+                for (int64_t ip = ip0; ip < ip1; ++ip) {
+                  const int64_t i0 = ic + ip * MR;
+                  const int64_t rows = std::min(MR, M - i0);
+                  float* c = C + i0 * N + j0;
+                  const float* a_rows[MR];
+                  if (pack_a) {
+                    const float* panel = a_pack + k0 * m_panels * MR + ip * MR * kc;
+                    for (int64_t r = 0; r < MR; ++r) a_rows[r] = panel + r;
+                    micro_kernel<MR>(kc, a_rows, bp, c, N, rows, cols, alpha, overwrite);
+                  } else {
+                    // Rows past M repeat the last real row: valid memory, results discarded.
+                    for (int64_t r = 0; r < MR; ++r)
+                      a_rows[r] = A + (i0 + std::min(r, rows - 1)) * K + pc + k0;
+                    micro_kernel<1>(kc, a_rows, bp, c, N, rows, cols, alpha, overwrite);
+                  }
+                }
+              }
+            }
+          }
+        });
       }
     }
-  };
-  if (threads == 1) {
-    compute_range(0, m_tiles * n_tiles, 0);
-  } else {
-    parallel_for(m_tiles * n_tiles, compute_range);
   }
 }
 
