@@ -1,7 +1,13 @@
 #!/usr/bin/env node
-// Builds the webviews: type-checks webview/ (DOM types, separate from the Node tsconfig),
-// then bundles webview/main.ts (training panel) and webview/compare.ts (Compare Runs) into
-// dist/webview/{panel,compare}.js, and one stylesheet (uPlot's plus ours) into panel.css.
+// Builds the bundles the extension ships:
+//  - the webviews: type-checks webview/ (DOM types, separate from the Node tsconfig), then
+//    bundles webview/main.ts (training panel) and webview/compare.ts (Compare Runs) into
+//    dist/webview/{panel,compare}.js, and one stylesheet (uPlot's plus ours) into panel.css;
+//  - the extension host side: src/extension/extension.ts and the core modules it uses into
+//    dist/extension.js (package.json "main"), so activation reads one file instead of dozens.
+//    Core modules stay lazily evaluated (they are required on first use); packages with
+//    native parts or data files stay external and load from node_modules.
+// (tsc still compiles src/ into out/ for the CLI and the tests.)
 import { build } from 'esbuild';
 import { spawnSync } from 'node:child_process';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
@@ -28,6 +34,20 @@ await build({
   platform: 'browser',
   target: ['chrome114'],
   minify: !process.argv.includes('--dev'),
+  sourcemap: false,
+  legalComments: 'none',
+  logLevel: 'warning',
+});
+
+await build({
+  entryPoints: [path.join(root, 'src', 'extension', 'extension.ts')],
+  outfile: path.join(root, 'dist', 'extension.js'),
+  bundle: true,
+  format: 'cjs',
+  platform: 'node',
+  target: ['node20'],
+  external: ['vscode', 'tokenizers', 'onnxruntime-node', '@huggingface/hub', '@huggingface/jinja', 'chokidar'],
+  minify: false,
   sourcemap: false,
   legalComments: 'none',
   logLevel: 'warning',

@@ -12,7 +12,6 @@ import { RunItem, RunsTreeProvider } from './runsTree';
 import { TrainingStatusBar } from './statusBar';
 import { TrainingController } from './training';
 import { TrainingViewProvider } from './trainingView';
-import { compareRuns } from './compare';
 
 const moduleLoadMs = performance.now() - moduleLoadStart;
 
@@ -105,6 +104,7 @@ export function activate(context: vscode.ExtensionContext): LoraStudioApi {
         if (dirs.length === 1) void vscode.window.showInformationMessage('LoRA Studio: pick at least two runs to compare.');
         return;
       }
+      const { compareRuns } = await import('./compare');
       compareRuns(context.extensionUri, dirs);
     }),
     command('loraStudio.revealAdapter', async (arg?: unknown) => {

@@ -1,8 +1,6 @@
 // The training panel's HTML document. No `vscode` import, so the webview tests render
 // exactly the document (and the Content-Security-Policy) that the extension serves.
 
-import { randomBytes } from 'node:crypto';
-
 export interface PanelHtmlOptions {
   /** The webview's `cspSource` (the origin its resources are served from). */
   cspSource: string;
@@ -11,8 +9,12 @@ export interface PanelHtmlOptions {
   nonce?: string;
 }
 
+const NONCE_ALPHABET = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789';
+
+/** 32 characters from a CSPRNG (Web Crypto, present in Node and browsers alike). */
 export function makeNonce(): string {
-  return randomBytes(18).toString('base64').replace(/[^A-Za-z0-9]/g, '');
+  const bytes = globalThis.crypto.getRandomValues(new Uint8Array(32));
+  return Array.from(bytes, (b) => NONCE_ALPHABET[b % NONCE_ALPHABET.length]).join('');
 }
 
 function attr(s: string): string {

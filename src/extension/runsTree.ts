@@ -114,9 +114,12 @@ export class RunsTreeProvider implements vscode.TreeDataProvider<vscode.TreeItem
     if (!root) return;
     const { watch } = await import('chokidar');
     this.watcher = watch(root, { depth: 1, ignoreInitial: true });
+    // Not events.jsonl: it grows every step, and re-listing on each line would re-read every
+    // run's events. A run's start, checkpoints and end are signalled by TrainingController,
+    // and a run started elsewhere shows up through its run.json and runtime.pid.
     this.watcher.on('all', (_ev, p) => {
       const base = path.basename(p);
-      if (base === 'run.json' || base === 'events.jsonl' || base === 'runtime.pid' || path.dirname(p) === root) this.refresh();
+      if (base === 'run.json' || base === 'runtime.pid' || path.dirname(p) === root) this.refresh();
     });
     this.watcher.on('error', () => undefined);
   }

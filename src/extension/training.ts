@@ -8,12 +8,11 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { FSWatcher } from 'chokidar';
 import { toChartEvent, type ChartEvent, type DeviceInfo, type PanelConfig, type RunStatus } from '../../webview/protocol';
-import { toRunJson, validateConfig, type TrainConfig } from '../core/config';
+import type { TrainConfig } from '../core/config';
 import type { RuntimeEvent, ErrorEvent } from '../core/runtime/events';
-import type { ManagedProcess } from '../core/runtime/process';
-import { CancellationTokenSource } from '../core/runtime/process';
-import { EventsTail, RUN_FILES, createRunDir, digestEvents, latestCheckpoint, liveRuntimePid, readEvents, readRunJson, summarizeRun, writeRunJson } from '../core/runs/runs';
-import { fromPanelConfig } from './panelModel';
+import type { CancellationTokenSource, ManagedProcess } from '../core/runtime/process';
+import type { EventsTail } from '../core/runs/runs';
+import { coreConfig, coreProcess, coreRuns, panelModelModule } from './lazy';
 import type { Log } from './log';
 import type { TrainingStatusBar } from './statusBar';
 import type { TrainingHost } from './trainingView';
@@ -133,7 +132,7 @@ export class TrainingController implements TrainingHost, vscode.Disposable {
   }
 
   async startFromPanel(p: PanelConfig): Promise<void> {
-    await this.start(fromPanelConfig(p));
+    await this.start(panelModelModule().fromPanelConfig(p));
   }
 
   /** Prepares the data, writes the run folder and starts the runtime. Errors become notifications. */
@@ -146,7 +145,7 @@ export class TrainingController implements TrainingHost, vscode.Disposable {
       void vscode.window.showWarningMessage(`LoRA Studio: ${this.active!.label} is still training. Stop it first.`);
       return null;
     }
-    const issues = validateConfig(config).filter((i) => i.severity !== 'warning');
+    const issues = coreConfig().validateConfig(config).filter((i) => i.severity !== 'warning');
     if (issues.length) {
       const first = issues[0]!;
       void vscode.window.showErrorMessage(`LoRA Studio: ${first.field}: ${first.message}${first.hint ? ` (${first.hint})` : ''}`);
@@ -171,7 +170,7 @@ export class TrainingController implements TrainingHost, vscode.Disposable {
     }
 
     const name = `${path.basename(config.model)} ${path.basename(config.data, path.extname(config.data))}`;
-    const { id, dir } = createRunDir(root, name);
+    const { id, dir } = coreRuns().createRunDir(root, name);
     const label = `${path.basename(config.model)} · ${path.basename(config.data)}`;
     this.log.info(`run ${id}: preparing ${config.data} for ${config.model}`);
     this.statusBar.preparing(label);
@@ -184,7 +183,7 @@ export class TrainingController implements TrainingHost, vscode.Disposable {
       this.statusBar.hide();
       const msg = (e as Error).message;
       this.log.error(`run ${id}: data preparation failed: ${msg}`);
-      fs.writeFileSync(path.join(dir, RUN_FILES.events), JSON.stringify({ v: 1, type: 'error', code: 'bad_data', message: msg }) + '\n' +
+      fs.writeFileSync(path.join(dir, coreRuns().RUN_FILES.events), JSON.stringify({ v: 1, type: 'error', code: 'bad_data', message: msg }) + '\n' +
                        JSON.stringify({ v: 1, type: 'done', status: 'failed', step: 0 }) + '\n');
       this.changed.fire();
       void vscode.window.showErrorMessage(`LoRA Studio: the dataset could not be prepared: ${msg}`, 'Show Log').then((a) => a && this.log.show());
@@ -192,7 +191,7 @@ export class TrainingController implements TrainingHost, vscode.Disposable {
     }
 
     const meta = { name, created_at: new Date().toISOString(), config, source: 'vscode' };
-    writeRunJson(dir, toRunJson(config, { model: config.model, train: `${RUN_FILES.data}/train.bin`, eval: evalPath ? `${RUN_FILES.data}/eval.bin` : null, meta }));
+    coreRuns().writeRunJson(dir, coreConfig().toRunJson(config, { model: config.model, train: `${coreRuns().RUN_FILES.data}/train.bin`, eval: evalPath ? `${coreRuns().RUN_FILES.data}/eval.bin` : null, meta }));
     await this.launch(runtimePath, id, dir, label, ['train', '--run', dir]);
     return id;
   }
@@ -206,7 +205,7 @@ export class TrainingController implements TrainingHost, vscode.Disposable {
         token.onCancellationRequested(() => ac.abort());
         let reported = 0;
         const r = await prepareDataset({
-          data: config.data, modelDir: config.model, outDir: path.join(dir, RUN_FILES.data), seqLen: config.train.seqLen,
+          data: config.data, modelDir: config.model, outDir: path.join(dir, coreRuns().RUN_FILES.data), seqLen: config.train.seqLen,
           format: config.dataOptions.format, template: config.dataOptions.template, trainOn: config.dataOptions.trainOn,
           assistantTurns: config.dataOptions.assistantTurns, overLength: config.dataOptions.overLength,
           evalSplit: config.dataOptions.evalData ? 0 : config.dataOptions.evalSplit, seed: config.train.seed,
@@ -238,11 +237,11 @@ export class TrainingController implements TrainingHost, vscode.Disposable {
       void vscode.window.showWarningMessage(`LoRA Studio: ${this.active!.label} is still training. Stop it first.`);
       return false;
     }
-    if (liveRuntimePid(runDir) !== null) {
+    if (coreRuns().liveRuntimePid(runDir) !== null) {
       void vscode.window.showWarningMessage('LoRA Studio: this run is still training.');
       return false;
     }
-    if (!latestCheckpoint(runDir)) {
+    if (!coreRuns().latestCheckpoint(runDir)) {
       void vscode.window.showWarningMessage(`LoRA Studio: ${path.basename(runDir)} has no checkpoint to resume from.`);
       return false;
     }
@@ -254,7 +253,7 @@ export class TrainingController implements TrainingHost, vscode.Disposable {
       void vscode.window.showErrorMessage(`LoRA Studio: ${(e as Error).message}`);
       return false;
     }
-    const s = summarizeRun(runDir);
+    const s = coreRuns().summarizeRun(runDir);
     await this.launch(runtimePath, s.id, runDir, s.name, ['train', '--run', runDir, '--resume'], true);
     return true;
   }
@@ -263,7 +262,7 @@ export class TrainingController implements TrainingHost, vscode.Disposable {
     let resolveFinished!: () => void;
     const finished = new Promise<void>((r) => (resolveFinished = r));
     return {
-      runId, dir, label, live, status: live ? 'running' : 'completed', events: [], chartEvents: [], tail: new EventsTail(path.join(dir, RUN_FILES.events), startOffset),
+      runId, dir, label, live, status: live ? 'running' : 'completed', events: [], chartEvents: [], tail: new (coreRuns().EventsTail)(path.join(dir, coreRuns().RUN_FILES.events), startOffset),
       watcher: null, process: null, foreignPid: null, cts: null, pendingPanel: [], flushTimer: undefined, alivePoll: undefined,
       finished, resolveFinished, stepsTotal: null, stderrLog: null,
     };
@@ -275,14 +274,14 @@ export class TrainingController implements TrainingHost, vscode.Disposable {
     const run = this.newRun(runId, dir, label, true, 0);
     this.viewed = null;
     this.active = run;
-    run.stderrLog = fs.createWriteStream(path.join(dir, RUN_FILES.log), { flags: 'a' });
-    run.cts = new CancellationTokenSource();
+    run.stderrLog = fs.createWriteStream(path.join(dir, coreRuns().RUN_FILES.log), { flags: 'a' });
+    run.cts = new (coreProcess().CancellationTokenSource)();
     this.ui?.post({ type: 'runStarted', runId, label, live: true });
     this.drain(run);
     run.process = spawnProcess(runtimePath, args, {
       cwd: dir,
       token: run.cts.token,
-      pidFile: path.join(dir, RUN_FILES.pid),
+      pidFile: path.join(dir, coreRuns().RUN_FILES.pid),
       stopTimeoutMs: STOP_TIMEOUT_MS,
       killTimeoutMs: KILL_TIMEOUT_MS,
       onStderrLine: (line) => {
@@ -312,7 +311,7 @@ export class TrainingController implements TrainingHost, vscode.Disposable {
     // The file may not exist yet when the runtime is still loading the model: watch the folder.
     run.watcher = watch(run.dir, { depth: 0, ignoreInitial: false, usePolling: false });
     run.watcher.on('all', (_ev, p) => {
-      if (path.basename(p) === RUN_FILES.events) this.drain(run);
+      if (path.basename(p) === coreRuns().RUN_FILES.events) this.drain(run);
     });
     run.watcher.on('error', (e) => this.log.warn(`run ${run.runId}: watcher: ${(e as Error).message}`));
   }
@@ -334,7 +333,7 @@ export class TrainingController implements TrainingHost, vscode.Disposable {
     }
     if (sawCheckpoint) this.changed.fire();
     if (run.status === 'running') {
-      const d = digestEvents(run.events);
+      const d = coreRuns().digestEvents(run.events);
       this.statusBar.update({ step: d.step, stepsTotal: d.stepsTotal, loss: d.finalLoss, etaSeconds: eta(run.events, d.stepsTotal), label: run.label });
     }
     this.scheduleFlush(run);
@@ -359,7 +358,7 @@ export class TrainingController implements TrainingHost, vscode.Disposable {
     run.stderrLog?.end();
     run.stderrLog = null;
     run.cts?.dispose();
-    const digest = digestEvents(run.events);
+    const digest = coreRuns().digestEvents(run.events);
     const status: RunStatus = digest.status ?? (code === 0 ? 'completed' : 'failed');
     run.status = status;
     run.live = false;
@@ -427,7 +426,7 @@ export class TrainingController implements TrainingHost, vscode.Disposable {
     await this.follow(run);
     void vscode.commands.executeCommand('setContext', 'loraStudio.training', true);
     run.alivePoll = setInterval(() => {
-      if (liveRuntimePid(run.dir) === null) void this.finish(run, null, null);
+      if (coreRuns().liveRuntimePid(run.dir) === null) void this.finish(run, null, null);
     }, ALIVE_POLL_MS);
     this.changed.fire();
   }
@@ -440,9 +439,9 @@ export class TrainingController implements TrainingHost, vscode.Disposable {
       this.ui?.post({ type: 'events', runId: this.active.runId, events: this.active.chartEvents });
       return;
     }
-    const s = summarizeRun(runDir);
+    const s = coreRuns().summarizeRun(runDir);
     const run = this.newRun(s.id, runDir, s.name, false, 0);
-    run.events = readEvents(runDir);
+    run.events = coreRuns().readEvents(runDir);
     run.chartEvents = run.events.map(toChartEvent).filter((e): e is ChartEvent => e !== null);
     const status: RunStatus = s.status === 'completed' || s.status === 'stopped' || s.status === 'failed' ? s.status : s.status === 'running' ? 'running' : 'stopped';
     run.status = status;
@@ -459,7 +458,7 @@ export class TrainingController implements TrainingHost, vscode.Disposable {
     const root = this.runsRoot();
     if (!root || !/^[A-Za-z0-9][A-Za-z0-9._-]*$/.test(runId)) return;
     const dir = path.join(root, runId);
-    const adapter = summarizeRun(dir).adapter;
+    const adapter = coreRuns().summarizeRun(dir).adapter;
     if (!adapter || !fs.existsSync(adapter)) {
       void vscode.window.showWarningMessage(`LoRA Studio: ${runId} has no adapter yet.`);
       return;
@@ -537,5 +536,5 @@ async function stopForeign(pid: number, ended: () => boolean): Promise<void> {
 }
 
 export function hasRunJson(dir: string): boolean {
-  return readRunJson(dir) !== null;
+  return coreRuns().readRunJson(dir) !== null;
 }

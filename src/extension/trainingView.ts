@@ -8,7 +8,7 @@ import { parsePanelMessage, PROTOCOL_VERSION, type ChartEvent, type DeviceInfo, 
 import type { ModelInspection } from '../core/model/inspect';
 import { renderPanelHtml } from './panelHtml';
 import { PathGuard } from './pathGuard';
-import { cachedModelInfo, estimateInfo, fromPanelConfig, initialPanelConfig, modelSummary, presetInfos } from './panelModel';
+import { panelModelModule } from './lazy';
 import type { Log } from './log';
 
 /** What the panel needs from the training side (implemented by TrainingController). */
@@ -185,14 +185,14 @@ export class TrainingViewProvider implements vscode.WebviewViewProvider, vscode.
     for (const c of cached) this.guard.allow(c.path);
     if (defaultModel) this.guard.allow(defaultModel);
     this.device = await this.host.device().catch(() => null);
-    const config = this.config ?? initialPanelConfig(settings.get<string>('defaultPreset', ''), defaultModel);
+    const config = this.config ?? panelModelModule().initialPanelConfig(settings.get<string>('defaultPreset', ''), defaultModel);
     if (this.chosenData) config.data = this.chosenData;
     this.config = config;
     const trusted = this.host.trusted;
     this.ready = true;
     const init: HostMessage = {
       type: 'init', version: PROTOCOL_VERSION, trusted, ...(trusted ? {} : { untrustedReason: untrustedReason() }),
-      presets: presetInfos(), config, cachedModels: cached.map(cachedModelInfo), device: this.device,
+      presets: panelModelModule().presetInfos(), config, cachedModels: cached.map(panelModelModule().cachedModelInfo), device: this.device,
     };
     void this.view?.webview.postMessage(init);
     for (const m of this.pending.splice(0)) void this.view?.webview.postMessage(m);
@@ -205,7 +205,7 @@ export class TrainingViewProvider implements vscode.WebviewViewProvider, vscode.
       }
     }
     if (config.model && !this.model) await this.loadModel(config.model);
-    else if (this.model) this.post({ type: 'model', model: modelSummary(this.model) });
+    else if (this.model) this.post({ type: 'model', model: panelModelModule().modelSummary(this.model) });
     if (config.data) await this.loadDataset(config.data);
   }
 
@@ -231,7 +231,7 @@ export class TrainingViewProvider implements vscode.WebviewViewProvider, vscode.
       }
       this.model = m;
       if (this.config) this.config = { ...this.config, model: m.dir };
-      this.post({ type: 'model', model: modelSummary(m) });
+      this.post({ type: 'model', model: panelModelModule().modelSummary(m) });
       for (const w of m.warnings) this.log.warn(`${dir}: ${w}`);
       await this.sendEstimate();
     } catch (e) {
@@ -302,7 +302,7 @@ export class TrainingViewProvider implements vscode.WebviewViewProvider, vscode.
       return;
     }
     try {
-      this.post({ type: 'estimate', estimate: estimateInfo(this.model, fromPanelConfig(this.config), this.device) });
+      this.post({ type: 'estimate', estimate: panelModelModule().estimateInfo(this.model, panelModelModule().fromPanelConfig(this.config), this.device) });
     } catch (e) {
       this.post({ type: 'estimate', estimate: null, error: (e as Error).message });
     }

@@ -23,7 +23,7 @@ const require = createRequire(import.meta.url);
 const outDir = path.join(root, 'test-output', 'integration');
 const shots = path.join(root, 'test-output', 'screenshots');
 const CHROMIUM = '/usr/bin/chromium';
-const TESTS = 8;
+const TESTS = 9;
 const OVERALL_TIMEOUT_MS = 9 * 60_000;
 
 function finish(passed, failed, skipped, note) {

@@ -201,6 +201,23 @@ describe('training panel (headless Chromium)', { skip }, () => {
     await page.close();
   });
 
+  it('disables training in an untrusted workspace and says why', async () => {
+    const { page } = await openPanel(browser, server.url, 'light');
+    await send(page, initMessage({ trusted: false, untrustedReason: 'Training is disabled in an untrusted workspace.' }));
+    await send(page, modelMessage);
+    await send(page, datasetMessage);
+    await settle(page);
+    assert.equal(await page.isHidden('#trust-banner'), false);
+    assert.match(await page.textContent('#trust-banner') ?? '', /untrusted workspace/);
+    assert.equal(await isDisabled(page, '#start'), true);
+    assert.match(await page.textContent('#start-hint') ?? '', /untrusted/);
+    await send(page, { type: 'trust', trusted: true });
+    await settle(page);
+    assert.equal(await page.isHidden('#trust-banner'), true);
+    assert.equal(await isDisabled(page, '#start'), false, 'granting trust enables Start');
+    await page.close();
+  });
+
   it('rejects invalid host messages without changing the panel', async () => {
     const { page } = await openPanel(browser, server.url, 'dark');
     await send(page, initMessage());

@@ -140,6 +140,22 @@ describe('LoRA Studio in VS Code', () => {
     }
   });
 
+  it('Resume Run continues a stopped run from its checkpoint', async () => {
+    const stopped = (await api.runs.list()).find((r) => r.status === 'stopped' && !r.id.endsWith('-elsewhere'));
+    assert.ok(stopped?.lastCheckpoint, 'the stopped run has a checkpoint');
+    const stoppedAt = stopped.step;
+    await vscode.commands.executeCommand('loraStudio.resumeRun', stopped.dir);
+    await waitFor('steps after the checkpoint', () => {
+      const cur = api.training.currentRun();
+      return cur && cur.runId === stopped.id && cur.live && cur.events.some((e) => e.type === 'step' && e.step > stoppedAt + 1);
+    }, 120_000);
+    await vscode.commands.executeCommand('loraStudio.stopTraining');
+    const cur = api.training.currentRun()!;
+    assert.equal(cur.status, 'stopped');
+    const lines = fs.readFileSync(path.join(stopped.dir, 'events.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l));
+    assert.equal(lines.filter((l) => l.type === 'done').length, 2, 'the resumed session appended its own done event');
+  });
+
   it('re-validates a dataset when it changes and shows its problems with line numbers', async () => {
     const file = path.join(workspaceRoot(), 'data', 'broken.jsonl');
     const good = '{"messages":[{"role":"user","content":"hi"},{"role":"assistant","content":"hello"}]}';
