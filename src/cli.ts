@@ -6,7 +6,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { parseArgs, ParseArgsConfig } from 'node:util';
 import {
-  ConfigError, ConfigIssue, DeepPartial, PRESETS, TrainConfig, applyPreset, defaultConfig, fromRunJson, hasErrors,
+  ConfigError, ConfigIssue, DeepPartial, PRESETS, TrainConfig, applyPreset, defaultConfig, hasErrors,
   mergeConfig, parseConfig, toRunJson, validateConfig,
 } from './core/config';
 import { prepareDataset, PrepareResult } from './core/dataset/prepare';
@@ -414,15 +414,18 @@ async function cmdTrain(args: string[]): Promise<number> {
   const name = str(o.name) ?? path.basename(cfg.data).replace(/\.[^.]+$/, '');
   const { id, dir } = createRunDir(runsRoot, name);
   if (!json) log(`run ${id}: ${dir}\nmodel: ${describeModel(model)}\npreparing ${cfg.data}`);
+  // A run that never got its data is no run: its folder goes, so listings stay clean.
+  const discard = () => fs.rmSync(dir, { recursive: true, force: true });
   const prep = await prepareOrFail({
     data: cfg.data, evalData: cfg.dataOptions.evalData ?? undefined, modelDir: cfg.model, outDir: path.join(dir, RUN_FILES.data),
     seqLen: cfg.train.seqLen, format: cfg.dataOptions.format, template: cfg.dataOptions.template, trainOn: cfg.dataOptions.trainOn,
     assistantTurns: cfg.dataOptions.assistantTurns, overLength: cfg.dataOptions.overLength,
     evalSplit: cfg.dataOptions.evalData ? 0 : cfg.dataOptions.evalSplit, seed: cfg.train.seed,
     foldSystemIntoUser: cfg.dataOptions.foldSystemIntoUser, onProgress: prepareProgress(json),
-  });
+  }).catch((e: unknown) => { discard(); throw e; });
   if (!json) printPrepareSummary(prep);
   if (prep.summary.train.trainedTokens === 0) {
+    discard();
     throw new CliError('no trained tokens in the prepared training data', 'check the diagnostics above: every row was skipped, or no answer tokens are marked for training');
   }
   const rel = (p: string | null) => (p ? path.relative(dir, p) : null);

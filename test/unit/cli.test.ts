@@ -147,6 +147,14 @@ test('cli: bad config, bad model, runtime errors and a missing runtime exit 2 wi
   assert.equal(noRuntime.status, 2);
   assert.match(noRuntime.stderr, /lora-runtime not found .*LORA_STUDIO_RUNTIME/);
 
+  const empty = path.join(e.dir, 'empty.jsonl');
+  fs.writeFileSync(empty, '{"nonsense": 1}\n');
+  const before = fs.readdirSync(e.runs).length;
+  const badData = cli(e, ['train', '--model', e.model, '--data', empty, '--runs-dir', e.runs]);
+  assert.equal(badData.status, 2);
+  assert.match(badData.stderr, /empty\.jsonl/);
+  assert.equal(fs.readdirSync(e.runs).length, before, 'the run folder of a dataset that cannot be prepared is removed');
+
   const noData = cli(e, ['train', '--model', e.model, '--data', path.join(e.dir, 'none.jsonl'), '--runs-dir', e.runs]);
   assert.equal(noData.status, 2);
   assert.match(noData.stderr, /dataset not found/);
