@@ -244,7 +244,8 @@ function printPrepareSummary(res: PrepareResult): void {
   const errors = res.diagnostics.filter((d) => d.severity === 'error');
   const shown = res.diagnostics.filter((d) => d.severity !== 'info').slice(0, 20);
   for (const d of shown) log(formatDiagnostic(d));
-  if (res.diagnostics.length > shown.length) log(`... ${res.diagnostics.length - shown.length} more diagnostics in ${res.summaryPath}`);
+  const hidden = res.diagnostics.filter((d) => d.severity !== 'info').length - shown.length;
+  if (hidden > 0) log(`... and ${hidden} more (all of them: lora-studio prepare --json, or the extension's Problems panel)`);
   log(`rows: ${s.rows.read} read, ${s.rows.usable} usable, ${s.rows.skipped} skipped, ${s.rows.truncated} truncated, ${s.rows.droppedOverLength} dropped over length`);
   log(`train: ${s.rows.train} rows, ${s.train.tokens} tokens, ${s.train.trainedTokens} trained tokens -> ${res.trainPath}`);
   if (s.eval && res.evalPath) log(`eval:  ${s.rows.eval} rows, ${s.eval.tokens} tokens, ${s.eval.trainedTokens} trained tokens -> ${res.evalPath}`);
