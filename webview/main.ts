@@ -422,6 +422,9 @@ function handle(m: HostMessage): void {
         if (e.type === 'done') {
           state.runStatus = e.status;
           if (e.adapter) state.adapter = e.adapter;
+        } else if (e.type === 'plan' && state.live) {
+          // A resumed run's history holds the earlier session's `done`; a new plan means it trains again.
+          state.runStatus = 'running';
         }
       }
       charts.schedule();

@@ -50,6 +50,9 @@ interface ActiveRun {
   finished: Promise<void>;
   resolveFinished: () => void;
   stepsTotal: number | null;
+  /** First and latest step of this session, for the status bar without re-reading history. */
+  firstStep: { step: number; t: number } | null;
+  lastStep: { step: number; t: number; loss: number | null } | null;
   stderrLog: fs.WriteStream | null;
 }
 
@@ -264,7 +267,7 @@ export class TrainingController implements TrainingHost, vscode.Disposable {
     return {
       runId, dir, label, live, status: live ? 'running' : 'completed', events: [], chartEvents: [], tail: new (coreRuns().EventsTail)(path.join(dir, coreRuns().RUN_FILES.events), startOffset),
       watcher: null, process: null, foreignPid: null, cts: null, pendingPanel: [], flushTimer: undefined, alivePoll: undefined,
-      finished, resolveFinished, stepsTotal: null, stderrLog: null,
+      finished, resolveFinished, stepsTotal: null, firstStep: null, lastStep: null, stderrLog: null,
     };
   }
 
@@ -320,7 +323,14 @@ export class TrainingController implements TrainingHost, vscode.Disposable {
     let sawCheckpoint = false;
     for (const e of events) {
       run.events.push(e);
-      if (e.type === 'plan') run.stepsTotal = e.steps_total;
+      if (e.type === 'plan') {
+        run.stepsTotal = e.steps_total;
+        run.firstStep = null;
+      }
+      if (e.type === 'step') {
+        run.firstStep ??= { step: e.step, t: e.elapsed_s };
+        run.lastStep = { step: e.step, t: e.elapsed_s, loss: e.loss };
+      }
       if (e.type === 'checkpoint') sawCheckpoint = true;
       if (e.type === 'done' && e.adapter) run.adapter = e.adapter;
       if (e.type === 'log') this.log.info(`[runtime ${e.level}] ${e.message}`);
@@ -332,9 +342,8 @@ export class TrainingController implements TrainingHost, vscode.Disposable {
       }
     }
     if (sawCheckpoint) this.changed.fire();
-    if (run.status === 'running') {
-      const d = coreRuns().digestEvents(run.events);
-      this.statusBar.update({ step: d.step, stepsTotal: d.stepsTotal, loss: d.finalLoss, etaSeconds: eta(run.events, d.stepsTotal), label: run.label });
+    if (run.status === 'running' && run.lastStep) {
+      this.statusBar.update({ step: run.lastStep.step, stepsTotal: run.stepsTotal, loss: run.lastStep.loss, etaSeconds: eta(run), label: run.label });
     }
     this.scheduleFlush(run);
   }
@@ -486,17 +495,11 @@ export class TrainingController implements TrainingHost, vscode.Disposable {
   }
 }
 
-function eta(events: readonly RuntimeEvent[], stepsTotal: number | null): number | null {
-  if (!stepsTotal) return null;
-  let first: { step: number; t: number } | null = null;
-  let last: { step: number; t: number } | null = null;
-  for (const e of events) {
-    if (e.type !== 'step') continue;
-    if (!first) first = { step: e.step, t: e.elapsed_s };
-    last = { step: e.step, t: e.elapsed_s };
-  }
-  if (!first || !last || last.step <= first.step || last.t <= first.t) return null;
-  return Math.max(0, ((stepsTotal - last.step) * (last.t - first.t)) / (last.step - first.step));
+/** Seconds left at this session's mean time per step; null until two steps are in. */
+function eta(run: ActiveRun): number | null {
+  const first = run.firstStep, last = run.lastStep;
+  if (!run.stepsTotal || !first || !last || last.step <= first.step || last.t <= first.t) return null;
+  return Math.max(0, ((run.stepsTotal - last.step) * (last.t - first.t)) / (last.step - first.step));
 }
 
 function failureWithoutEvent(code: number | null, why: string | null): string {

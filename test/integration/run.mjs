@@ -35,7 +35,7 @@ function finish(passed, failed, skipped, note) {
 if (!existsSync(CHROMIUM)) finish(0, 0, TESTS, `skipped: ${CHROMIUM} is missing (scripts/setup.sh installs Debian's chromium)`);
 const runtime = path.join(root, 'native-runtime', 'build', 'lora-runtime');
 for (const f of [path.join(root, 'out', 'src', 'extension', 'extension.js'), path.join(root, 'out', 'test', 'integration', 'suite', 'index.js'),
-                 path.join(root, 'dist', 'webview', 'panel.js'), runtime]) {
+                 path.join(root, 'dist', 'webview', 'panel.js'), path.join(root, 'dist', 'extension.js'), runtime]) {
   if (!existsSync(f)) finish(0, 1, 0, `${path.relative(root, f)} is missing: run "npm run build" first`);
 }
 
