@@ -66,12 +66,6 @@ struct CodeSearch {
     }
   }
 
-  uint8_t nearest(float v) const {
-    int k = 0;
-    // count - 1 <= 15 comparisons, branch-free enough for a one-off quantization at load.
-    for (int m = 0; m < count - 1; ++m) k += v > mid[m] ? 1 : 0;
-    return index[k];
-  }
 };
 
 const CodeSearch& nf4_search() {
@@ -221,7 +215,6 @@ QuantizedMatrix quantize_matrix(const float* w, int64_t rows, int64_t cols, Quan
   const bool four_bit = type != QuantType::Int8;
   m.raw.assign(static_cast<size_t>(four_bit ? (n + 1) / 2 : n), 0);
   const CodeSearch* search = type == QuantType::NF4 ? &nf4_search() : type == QuantType::FP4 ? &fp4_search() : nullptr;
-  const uint8_t zero_code = type == QuantType::NF4 ? 7 : 0;  // the code of 0.0
 
   run_blocks(blocks, n, [&](int64_t b0, int64_t b1, int) {
     for (int64_t b = b0; b < b1; ++b) {
@@ -230,10 +223,27 @@ QuantizedMatrix quantize_matrix(const float* w, int64_t rows, int64_t cols, Quan
       for (int64_t i = begin; i < end; ++i) amax = std::max(amax, std::fabs(w[i]));
       m.absmax[static_cast<size_t>(b)] = amax;
       if (four_bit) {
-        for (int64_t i = begin; i < end; ++i) {
-          const uint8_t c = amax > 0 ? search->nearest(w[i] / amax) : zero_code;
-          uint8_t& byte = m.raw[static_cast<size_t>(i >> 1)];
-          byte = (i & 1) ? static_cast<uint8_t>((byte & 0xF0) | c) : static_cast<uint8_t>((byte & 0x0F) | (c << 4));
+        // Element-inner loops over a small chunk so the compiler vectorizes the divide and
+        // the midpoint comparisons. The packed byte index is exact because begin is even.
+        constexpr int kChunk = 64;
+        float v[kChunk];
+        uint8_t k[kChunk];
+        for (int64_t c0 = begin; c0 < end; c0 += kChunk) {
+          const int len = static_cast<int>(std::min<int64_t>(kChunk, end - c0));
+          for (int j = 0; j < len; ++j) {
+            v[j] = amax > 0 ? w[c0 + j] / amax : 0.0f;
+            k[j] = 0;
+          }
+          for (int mi = 0; mi < search->count - 1; ++mi) {
+            const float mid = search->mid[mi];
+            for (int j = 0; j < len; ++j) k[j] = static_cast<uint8_t>(k[j] + (v[j] > mid ? 1 : 0));
+          }
+          uint8_t* dst = m.raw.data() + (c0 >> 1);
+          for (int j = 0; j < len; j += 2) {
+            const uint8_t hi = search->index[k[j]];
+            const uint8_t lo = j + 1 < len ? search->index[k[j + 1]] : 0;
+            dst[j >> 1] = static_cast<uint8_t>((hi << 4) | lo);
+          }
         }
       } else {
         for (int64_t i = begin; i < end; ++i) {
