@@ -87,7 +87,7 @@ test('cli: --json prints only validated runtime events on stdout', () => {
 test('cli: Ctrl-C stops gracefully with a checkpoint, and resume finishes the run', async () => {
   const e = setup();
   const child = spawn(process.execPath, [CLI, ...trainArgs(e, '--json')], {
-    cwd: e.dir, env: { ...process.env, LORA_STUDIO_RUNTIME: e.runtime, FAKE_STEPS: '40', FAKE_STEP_MS: '30' }, stdio: ['ignore', 'pipe', 'pipe'],
+    cwd: e.dir, env: { ...process.env, LORA_STUDIO_RUNTIME: e.runtime, FAKE_STEPS: '1000', FAKE_STEP_MS: '30' }, stdio: ['ignore', 'pipe', 'pipe'],
   });
   let out = '';
   let signalled = false;
@@ -107,7 +107,7 @@ test('cli: Ctrl-C stops gracefully with a checkpoint, and resume finishes the ru
   const ck = latestCheckpoint(run.dir);
   assert.ok(ck && ck.step >= 3);
 
-  const resumed = cli(e, ['resume', run.dir], { FAKE_STEPS: '40', FAKE_STEP_MS: '1' });
+  const resumed = cli(e, ['resume', run.dir], { FAKE_STEPS: '1000', FAKE_STEP_MS: '1' });
   assert.equal(resumed.status, 0, resumed.stderr);
   assert.match(resumed.stderr, new RegExp(`resuming .* from step ${ck!.step}`));
   assert.equal(listRuns(e.runs)[0].status, 'completed');
