@@ -4,6 +4,7 @@ import { test, before } from 'node:test';
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { spawnSync } from 'node:child_process';
 import { readSafetensorsHeader, readTensorF32, writeSafetensors, TensorToWrite } from '../../src/core/model/safetensors';
 import {
   RUNTIME, RunResult, copyDir, errorEvent, makeModel, makeShard, randomDocs, readEventsFile, runRuntime, runtimeBuilt,
@@ -217,4 +218,21 @@ test('eval with a bad adapter names the adapter file and key', { skip }, () => {
     const r = runRuntime(['eval', '--model', goodModel, '--adapter', adapter, '--data', shard]);
     expectBadInput(r, { code: 'adapter_invalid', file: path.join(adapter, 'adapter_model.safetensors'), field: 'base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight' });
   });
+});
+
+test('running out of memory is exit code 3 with an out_of_memory error', { skip }, async () => {
+  // One 2^20-token document: the layer inputs alone need 2 x 2^20 x 32 floats = 256 MiB,
+  // and the address space is capped at 200 MiB, so the first activation allocation fails
+  // deterministically, whatever the machine's memory (on a small machine the up-front
+  // estimate refuses it instead: the same exit code and error code).
+  const run = tmpDir('oom');
+  await makeShard(path.join(run, 'data', 'train.bin'), randomDocs(1, 1 << 20, vocab, 3), vocab);
+  writeRunJson(run, goodModel, { train: { max_steps: 1, seq_len: 1 << 20, micro_batch: 1, grad_accum: 1 } });
+  const r = spawnSync('bash', ['-c', 'ulimit -v 204800 && exec "$0" train --run "$1"', RUNTIME, run], { encoding: 'utf8', timeout: 120_000 });
+  assert.equal(r.status, 3, r.stdout + r.stderr);
+  const events = readEventsFile(run);
+  const err = events.find((e) => e.type === 'error')!;
+  assert.equal(err.code, 'out_of_memory', JSON.stringify(err));
+  assert.match(String(err.hint), /seq_len/);
+  assert.equal(events[events.length - 1].status, 'failed');
 });

@@ -266,6 +266,24 @@ bool batch_ok(const Model& model, const Batch& b) {
 
 }  // namespace
 
+uint64_t workspace_bytes(const Model& model, const LoraState& lora, int64_t tokens, bool checkpointing) {
+  const ModelConfig& c = model.cfg;
+  const int64_t C = c.hidden_size, I = c.intermediate_size, Dq = c.num_heads * c.head_dim,
+                Dkv = c.num_kv_heads * c.head_dim, L = c.num_layers;
+  // Per token, in floats: one layer's saved activations (see LayerActs) ...
+  int64_t per_layer = 4 * C + 2 * Dq + 2 * Dkv + 3 * I + c.num_heads + 2;
+  for (int m : lora.spec.targets) {
+    per_layer += lora.spec.r;
+    if (lora.spec.dropout > 0) per_layer += model.module_in(m) + (model.module_in(m) + 3) / 4;  // h + keep bytes
+  }
+  // ... the layer inputs, the backward scratch and the final norm.
+  const int64_t backward = 5 * C + 3 * Dq + 2 * Dkv + 3 * I;
+  const int64_t per_token = per_layer * (checkpointing ? 2 : L) + (L + 1) * C + backward + 2 * C;
+  const int64_t V = c.vocab_size;
+  const int64_t head = std::min<int64_t>(1024, std::max<int64_t>(1, (int64_t(16) << 20) / (V * 4))) * (V + 2 * C);
+  return static_cast<uint64_t>(per_token * tokens + head + model.max_linear_numel()) * sizeof(float);
+}
+
 double forward_backward(const Model& model, LoraState& lora, const Batch& batch, const DropoutKey& key,
                         bool checkpointing, Workspace& ws) {
   if (!batch_ok(model, batch)) return 0;

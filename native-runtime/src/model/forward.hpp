@@ -64,4 +64,9 @@ double forward_loss(const Model& model, const LoraState* lora, const Batch& batc
 void forward_hidden(const Model& model, const LoraState* lora, const Batch& batch, Workspace& ws,
                     std::vector<float>& out);
 
+// Bytes of the Workspace for one forward+backward over `tokens` tokens (activations, the
+// dequantized weight, the LM-head chunk), to refuse a configuration that cannot fit before
+// spending minutes loading and training.
+uint64_t workspace_bytes(const Model& model, const LoraState& lora, int64_t tokens, bool checkpointing);
+
 }  // namespace lora

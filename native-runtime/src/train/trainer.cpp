@@ -156,6 +156,22 @@ int run_train(const std::string& run_dir_arg, bool resume, EventSink& events, Tr
     events.emit("plan", p);
   }
 
+  {
+    // Refuse what cannot fit at all (exit 3 with a hint) instead of dying later in the OOM
+    // killer; warn when it only fits by swapping.
+    const uint64_t tokens = static_cast<uint64_t>(std::min(cfg.micro_batch, train_rows.rows) * cfg.seq_len);
+    const uint64_t need = model.bytes_held + static_cast<uint64_t>(n_params) * 4 * 5 +
+                          workspace_bytes(model, lora, static_cast<int64_t>(tokens), cfg.grad_checkpointing);
+    const MemoryInfo mem = read_memory_info();
+    const std::string gib = std::to_string(need / double(1ull << 30)).substr(0, 5) + " GiB";
+    const std::string hint = "lower train.seq_len or train.micro_batch (raise grad_accum to keep the batch), set "
+                             "train.grad_checkpointing to true, or use quant.type nf4.";
+    if (mem.system_total > 0 && need > mem.system_total)
+      throw OutOfMemoryError("training needs about " + gib + ", more than this machine's memory", need, hint);
+    if (mem.system_total > 0 && need > mem.system_total - mem.system_used)
+      events.log("warning", "training needs about " + gib + ", more than the memory available now; it may swap or be killed");
+  }
+
   const uint64_t config_hash = cfg.training_hash();
   TrainState st;
   st.m.assign(n_params, 0.f);
