@@ -512,7 +512,7 @@ function renderEstimate(m: Extract<HostMessage, { type: 'estimate' }>): void {
   if (e.deviceFreeBytes !== null) {
     const fits = e.totalBytes <= e.deviceFreeBytes;
     verdict.className = fits ? 'summary ok' : 'summary error';
-    verdict.textContent = `${formatBytes(e.totalBytes)} of ${formatBytes(e.deviceFreeBytes)} free on ${e.deviceName ?? 'the GPU'}${fits ? '' : ' — does not fit: lower seq len or micro-batch, quantize to NF4, or enable checkpointing'}`;
+    verdict.textContent = `${formatBytes(e.totalBytes)} of ${formatBytes(e.deviceFreeBytes)} free on ${e.deviceName ?? 'the GPU'}${fits ? '' : ' — does not fit: lower seq len or micro-batch, quantize to NF4, or enable activation checkpointing'}`;
   } else {
     verdict.className = 'summary muted';
     verdict.textContent = `${formatBytes(e.totalBytes)} needed; no GPU found, training runs on the CPU`;

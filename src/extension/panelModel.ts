@@ -79,8 +79,9 @@ export function estimateInfo(model: ModelInspection, c: TrainConfig, device: Dev
   return {
     parts: e.parts.filter((p) => p.bytes > 0).map((p) => ({ label: p.label, bytes: p.bytes })),
     totalBytes: e.totalBytes,
-    deviceName: onGpu ? device!.name : null,
-    deviceFreeBytes: onGpu ? device!.memoryFree : null,
+    // On the CPU path the budget is free system memory.
+    deviceName: device ? (onGpu ? device.name : `${device.kind === 'cpu' ? device.name : 'CPU'} (system memory)`) : null,
+    deviceFreeBytes: device ? (onGpu || device.kind === 'cpu' ? device.memoryFree : null) : null,
     trainableParams: e.trainableParams,
     totalParams: e.totalParams,
   };

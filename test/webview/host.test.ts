@@ -135,6 +135,9 @@ describe('panel model', () => {
     assert.equal(cpu.trainableParams, loraParamCount(m, c.lora.r, c.lora.targets));
     assert.equal(cpu.deviceFreeBytes, null);
     assert.equal(cpu.totalBytes, cpu.parts.reduce((a, p) => a + p.bytes, 0));
+    const ram = estimateInfo(m, c, { name: 'AMD EPYC', kind: 'cpu', memoryTotal: 32e9, memoryFree: 20e9 });
+    assert.equal(ram.deviceName, 'AMD EPYC (system memory)', 'without a GPU the budget is system memory');
+    assert.equal(ram.deviceFreeBytes, 20e9);
     const gpu = estimateInfo(m, c, { name: 'RTX', kind: 'cuda', memoryTotal: 8e9, memoryFree: 7e9 });
     assert.equal(gpu.deviceFreeBytes, 7e9);
     assert.equal(gpu.deviceName, 'RTX');

@@ -291,6 +291,24 @@ describe('training panel (headless Chromium)', { skip }, () => {
     });
   }
 
+  it('warns when the estimate does not fit, and shows a resumed run as running again', async () => {
+    const { page } = await openPanel(browser, server.url, 'dark');
+    await send(page, initMessage());
+    await send(page, { type: 'estimate', estimate: { parts: [{ label: 'activations', bytes: 30e9 }], totalBytes: 30e9, deviceName: 'RTX 4090',
+                                                    deviceFreeBytes: 22e9, trainableParams: 1, totalParams: 10 } });
+    await settle(page);
+    assert.match(await page.textContent('#estimate-verdict') ?? '', /does not fit/);
+    assert.equal(await page.getAttribute('#estimate-verdict', 'class'), 'summary error');
+    const first = chartEvents(recordedRun({ steps: 20, stepsTotal: 100, status: 'stopped' }).lines);
+    const resumed = chartEvents(recordedRun({ steps: 40, stepsTotal: 100, status: null }).lines).filter((e) => e.type === 'plan' || (e.type === 'step' && e.step > 20));
+    await send(page, { type: 'runStarted', runId: 'resumed-run', label: 'resumed', live: true });
+    await send(page, { type: 'events', runId: 'resumed-run', events: [...first, ...resumed] });
+    await settle(page);
+    assert.equal(await page.textContent('#run-status'), 'running', "the earlier session's done does not end the resumed run");
+    assert.equal(await page.getAttribute('#chart-loss', 'data-samples'), '40');
+    await page.close();
+  });
+
   it('keeps a 100k-step run responsive: all samples kept, display downsampled', async () => {
     const { page } = await openPanel(browser, server.url, 'dark');
     await send(page, initMessage());
