@@ -80,19 +80,20 @@ export function trainLive(runDir: string, onEvent: (e: RuntimeEvent, child: Retu
 }
 
 /**
- * A tiny random Llama (HF folder). `headScale` multiplies the LM head: the fixture's HF-style
+ * A tiny random Llama (HF folder). `headScale` multiplies the LM head (the embeddings when tied): the fixture's HF-style
  * init (std 0.02) bounds every logit by |h| * |w| ~ 8 * 0.16 = 1.3 after the final RMSNorm,
  * which makes a sharp next-token distribution impossible; std 0.5 lets a memorising adapter
  * reach a low loss.
  */
 export function makeModel(dir: string, opts: TinyModelOptions = {}, headScale = 1): TinyModelInfo {
   const info = writeTinyModel(dir, { hidden: 64, layers: 2, heads: 4, kvHeads: 2, intermediate: 128, seed: 1, ...opts });
-  if (headScale !== 1) {
-    const file = path.join(dir, 'model.safetensors');
+  for (const name of headScale !== 1 ? info.files : []) {
+    const file = path.join(dir, name);
     const header = readSafetensorsHeader(file);
+    if (!header.tensors.some((t) => t.name === 'lm_head.weight' || t.name === 'model.embed_tokens.weight')) continue;
     const tensors: TensorToWrite[] = header.tensors.map((t) => {
       const data = readTensorF32(header, t.name);
-      if (t.name === 'lm_head.weight') for (let i = 0; i < data.length; i++) data[i] *= headScale;
+      if (t.name === (info.config.tie_word_embeddings ? 'model.embed_tokens.weight' : 'lm_head.weight')) for (let i = 0; i < data.length; i++) data[i] *= headScale;
       return { name: t.name, dtype: t.dtype, shape: t.shape, data };
     });
     writeSafetensors(file, tensors, { format: 'pt' });

@@ -283,3 +283,28 @@ test('training goes on when the reader of stdout goes away (re-attach via events
   assert.equal(done.status, 'completed');
   assert.equal(events.filter((e) => e.type === 'step').length, 60);
 });
+
+test('Mistral (BF16, sharded weights), Qwen2 (tied, q/k/v bias) and llama3 rope scaling train', { skip }, async () => {
+  const variants: Array<[string, Parameters<typeof makeModel>[1]]> = [
+    ['mistral', { arch: 'mistral', dtype: 'BF16', shards: 3 }],
+    ['qwen2', { arch: 'qwen2', tie: true }],
+    ['llama3', { arch: 'llama', ropeScaling: { rope_type: 'llama3', factor: 8, low_freq_factor: 1, high_freq_factor: 4, original_max_position_embeddings: 32 } }],
+  ];
+  for (const [name, opts] of variants) {
+    const dir = path.join(tmpDir(`arch-${name}`), 'model');
+    const info = makeModel(dir, opts, 25);
+    const v = info.config.vocab_size as number;
+    const run = tmpDir(`arch-run-${name}`);
+    await makeShard(path.join(run, 'data', 'train.bin'), randomDocs(4, 24, v, 9), v);
+    writeRunJson(run, dir, { quant: { type: 'int8' }, train: { max_steps: 25, micro_batch: 4, grad_accum: 1 } });
+    const r = runRuntime(['train', '--run', run]);
+    assert.equal(r.status, 0, `${name}: ${r.stderr}${r.stdout}`);
+    const model = r.events.find((e) => e.type === 'model')!;
+    assert.equal(model.arch, name === 'llama3' ? 'llama' : name);
+    assert.equal(model.params_total, info.paramCount);
+    const steps = r.events.filter((e) => e.type === 'step');
+    const first = steps[0].loss as number;
+    const last = steps[steps.length - 1].loss as number;
+    assert.ok(last < first - 1, `${name}: loss ${first} -> ${last}`);
+  }
+});
