@@ -9,6 +9,7 @@
 
 #include "common/errors.hpp"
 #include "common/json.hpp"
+#include "temp_dir.hpp"
 #include "test.hpp"
 
 using lora::Json;
@@ -30,11 +31,6 @@ JsonParseError parse_bad(const std::string& text) {
   if (lora::json_parse(text, j, err))
     ::lora_test::record_failure(__FILE__, __LINE__, "parse unexpectedly succeeded: " + text);
   return err;
-}
-
-std::string temp_path(const std::string& name) {
-  const char* dir = std::getenv("TMPDIR");
-  return std::string(dir ? dir : "/tmp") + "/lora_json_test_" + std::to_string(getpid()) + "_" + name;
 }
 
 }  // namespace
@@ -259,7 +255,8 @@ TEST(json_random_mutations_never_crash) {
 }
 
 TEST(json_parse_file_errors) {
-  std::string missing = temp_path("missing.json");
+  lora_test::TempDir tmp("json");
+  const std::string missing = tmp / "missing.json";
   CHECK_INPUT_ERROR(lora::json_parse_file(missing), "file_read");
   try {
     lora::json_parse_file(missing);
@@ -267,7 +264,7 @@ TEST(json_parse_file_errors) {
     CHECK_EQ(e.file, missing);
     CHECK(!e.hint.empty());
   }
-  std::string bad = temp_path("bad.json");
+  const std::string bad = tmp / "bad.json";
   {
     std::ofstream f(bad);
     f << "{\n  \"hidden_size\": 64,\n  \"vocab_size\": 32,\n}\n";
@@ -281,7 +278,7 @@ TEST(json_parse_file_errors) {
     CHECK(std::string(e.what()).find(":4:1:") != std::string::npos);
     CHECK(e.hint.find("line 4") != std::string::npos);
   }
-  std::string good = temp_path("good.json");
+  const std::string good = tmp / "good.json";
   {
     std::ofstream f(good);
     f << "{\"a\": [1, 2]}";
@@ -289,6 +286,4 @@ TEST(json_parse_file_errors) {
   CHECK_EQ(lora::json_parse_file(good).find("a")->size(), size_t(2));
   // A directory is not a readable JSON file.
   CHECK_INPUT_ERROR(lora::json_parse_file("/"), "file_read");
-  std::remove(bad.c_str());
-  std::remove(good.c_str());
 }

@@ -5,21 +5,22 @@
 
 #include "common/errors.hpp"
 #include "formats/model_config.hpp"
+#include "temp_dir.hpp"
 #include "test.hpp"
 
 using namespace lora;
 
 namespace {
 
-std::string config_dir(const std::string& json) {
-  const char* base = std::getenv("TMPDIR");
-  std::string tmpl = std::string(base ? base : "/tmp") + "/lora_cfg_XXXXXX";
-  std::vector<char> buf(tmpl.begin(), tmpl.end());
-  buf.push_back('\0');
-  if (!mkdtemp(buf.data())) return "/nonexistent";
-  std::string dir(buf.data());
-  std::ofstream(dir + "/config.json") << json;
-  return dir;
+// Writes config.json into `dir` and returns the folder.
+const std::string& write_config(const lora_test::TempDir& dir, const std::string& json) {
+  std::ofstream(dir / "config.json") << json;
+  return dir.path();
+}
+
+ModelConfig load_json(const std::string& json) {
+  lora_test::TempDir dir("cfg");
+  return load_model_config(write_config(dir, json));
 }
 
 // The Llama 3.2 1B config as published (fields trimmed to those that matter).
@@ -71,9 +72,9 @@ struct Err {
 };
 
 Err load_error(const std::string& json) {
-  std::string dir = config_dir(json);
+  lora_test::TempDir dir("cfg");
   try {
-    load_model_config(dir);
+    load_model_config(write_config(dir, json));
   } catch (const InputError& e) {
     return {e.code, e.field, e.file, e.hint, e.what(), e.line};
   }
@@ -83,7 +84,8 @@ Err load_error(const std::string& json) {
 }  // namespace
 
 TEST(model_config_llama32) {
-  std::string dir = config_dir(kLlama32);
+  lora_test::TempDir tmp("cfg");
+  const std::string dir = write_config(tmp, kLlama32);
   ModelConfig c = load_model_config(dir);
   CHECK(c.arch == Arch::Llama);
   CHECK_EQ(std::string(arch_name(c.arch)), std::string("llama"));
@@ -113,10 +115,10 @@ TEST(model_config_llama32) {
 
 TEST(model_config_defaults_tinyllama_style) {
   // No num_key_value_heads, head_dim, rope_scaling or tie_word_embeddings: HF defaults apply.
-  ModelConfig c = load_model_config(config_dir(R"({
+  ModelConfig c = load_json(R"({
     "architectures": ["LlamaForCausalLM"], "hidden_size": 64, "intermediate_size": 172,
     "num_hidden_layers": 2, "num_attention_heads": 4, "vocab_size": 256,
-    "rope_scaling": null})"));
+    "rope_scaling": null})");
   CHECK_EQ(c.num_kv_heads, int64_t(4));
   CHECK_EQ(c.head_dim, int64_t(16));
   CHECK_EQ(c.rope_scaling.type, std::string(""));
@@ -126,18 +128,18 @@ TEST(model_config_defaults_tinyllama_style) {
   CHECK_EQ(c.rope_theta, 10000.0);
   CHECK_EQ(c.max_position_embeddings, int64_t(2048));
   // rope_scaling "default" means none; the older "type" key and "linear" are read too.
-  ModelConfig d = load_model_config(config_dir(replace(kLlama32, "\"rope_type\": \"llama3\"", "\"rope_type\": \"default\"")));
+  ModelConfig d = load_json(replace(kLlama32, "\"rope_type\": \"llama3\"", "\"rope_type\": \"default\""));
   CHECK_EQ(d.rope_scaling.type, std::string(""));
-  ModelConfig l = load_model_config(config_dir(R"({"architectures": ["LlamaForCausalLM"], "hidden_size": 64,
+  ModelConfig l = load_json(R"({"architectures": ["LlamaForCausalLM"], "hidden_size": 64,
     "intermediate_size": 128, "num_hidden_layers": 1, "num_attention_heads": 4, "vocab_size": 10,
-    "rope_scaling": {"type": "linear", "factor": 2.0}, "attention_bias": true, "mlp_bias": true})"));
+    "rope_scaling": {"type": "linear", "factor": 2.0}, "attention_bias": true, "mlp_bias": true})");
   CHECK_EQ(l.rope_scaling.type, std::string("linear"));
   CHECK_EQ(l.rope_scaling.factor, 2.0);
   CHECK(l.attention_bias);
   CHECK(l.mlp_bias);
   // model_type alone identifies the architecture when "architectures" is absent.
-  ModelConfig m = load_model_config(config_dir(R"({"model_type": "qwen2", "hidden_size": 64,
-    "intermediate_size": 128, "num_hidden_layers": 1, "num_attention_heads": 4, "vocab_size": 10})"));
+  ModelConfig m = load_json(R"({"model_type": "qwen2", "hidden_size": 64,
+    "intermediate_size": 128, "num_hidden_layers": 1, "num_attention_heads": 4, "vocab_size": 10})");
   CHECK(m.arch == Arch::Qwen2);
 }
 
@@ -147,17 +149,17 @@ TEST(model_config_mistral_and_qwen2) {
     "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8, "vocab_size": 32000,
     "max_position_embeddings": 32768, "rms_norm_eps": 1e-05, "rope_theta": 10000.0,
     "sliding_window": 4096, "tie_word_embeddings": false, "hidden_act": "silu", "torch_dtype": "bfloat16"})";
-  ModelConfig m = load_model_config(config_dir(mistral));
+  ModelConfig m = load_json(mistral);
   CHECK(m.arch == Arch::Mistral);
   CHECK_EQ(m.sliding_window, int64_t(4096));
   CHECK_EQ(m.head_dim, int64_t(128));
   CHECK(!m.attention_bias);
-  ModelConfig m2 = load_model_config(config_dir(replace(mistral, "\"sliding_window\": 4096", "\"sliding_window\": null")));
+  ModelConfig m2 = load_json(replace(mistral, "\"sliding_window\": 4096", "\"sliding_window\": null"));
   CHECK_EQ(m2.sliding_window, int64_t(0));
   // Mistral NeMo: explicit head_dim that is not hidden_size / heads.
-  ModelConfig nemo = load_model_config(config_dir(replace(
+  ModelConfig nemo = load_json(replace(
       replace(mistral, "\"hidden_size\": 4096", "\"hidden_size\": 5120, \"head_dim\": 128"),
-      "\"num_hidden_layers\": 32", "\"num_hidden_layers\": 40")));
+      "\"num_hidden_layers\": 32", "\"num_hidden_layers\": 40"));
   CHECK_EQ(nemo.head_dim, int64_t(128));
   CHECK_EQ(nemo.hidden_size, int64_t(5120));
 
@@ -167,7 +169,7 @@ TEST(model_config_mistral_and_qwen2) {
     "max_position_embeddings": 32768, "max_window_layers": 21, "rms_norm_eps": 1e-06,
     "rope_theta": 1000000.0, "sliding_window": 32768, "use_sliding_window": false,
     "tie_word_embeddings": true, "torch_dtype": "bfloat16", "hidden_act": "silu"})";
-  ModelConfig q = load_model_config(config_dir(qwen));
+  ModelConfig q = load_json(qwen);
   CHECK(q.arch == Arch::Qwen2);
   CHECK_EQ(std::string(arch_name(q.arch)), std::string("qwen2"));
   CHECK(q.attention_bias);  // Qwen2 always has q/k/v biases
@@ -176,7 +178,7 @@ TEST(model_config_mistral_and_qwen2) {
   CHECK_EQ(q.sliding_window, int64_t(0));  // use_sliding_window false
   CHECK(q.tie_word_embeddings);
   CHECK_EQ(q.rope_theta, 1000000.0);
-  ModelConfig q2 = load_model_config(config_dir(replace(qwen, "\"use_sliding_window\": false", "\"use_sliding_window\": true")));
+  ModelConfig q2 = load_json(replace(qwen, "\"use_sliding_window\": false", "\"use_sliding_window\": true"));
   CHECK_EQ(q2.sliding_window, int64_t(32768));
 }
 

@@ -17,20 +17,12 @@
 #include "common/errors.hpp"
 #include "formats/atomic_file.hpp"
 #include "formats/safetensors.hpp"
+#include "temp_dir.hpp"
 #include "test.hpp"
 
 using namespace lora;
 
 namespace {
-
-std::string make_temp_dir(const std::string& tag) {
-  const char* base = std::getenv("TMPDIR");
-  std::string tmpl = std::string(base ? base : "/tmp") + "/lora_st_" + tag + "_XXXXXX";
-  std::vector<char> buf(tmpl.begin(), tmpl.end());
-  buf.push_back('\0');
-  if (!mkdtemp(buf.data())) return "/tmp";
-  return std::string(buf.data());
-}
 
 void write_bytes(const std::string& path, const std::string& bytes) {
   std::ofstream f(path, std::ios::binary);
@@ -173,7 +165,8 @@ TEST(safetensors_f16_conversion_exact) {
 }
 
 TEST(safetensors_write_then_read_back) {
-  std::string dir = make_temp_dir("rw");
+  lora_test::TempDir tmp("st_rw");
+  const std::string dir = tmp.path();
   std::string path = dir + "/model.safetensors";
   std::vector<float> a(6), b(4), c(5);
   for (int i = 0; i < 6; ++i) a[i] = 0.1f * static_cast<float>(i) - 0.3f;
@@ -227,7 +220,8 @@ TEST(safetensors_write_then_read_back) {
 
 TEST(safetensors_large_tensor_conversion_is_exact) {
   // Large enough to take the multi-threaded path of read_f32.
-  std::string dir = make_temp_dir("big");
+  lora_test::TempDir tmp("st_big");
+  const std::string dir = tmp.path();
   const int64_t n = (int64_t(1) << 20) + 37;
   std::vector<float> w(static_cast<size_t>(n));
   std::mt19937 rng(3);
@@ -244,7 +238,8 @@ TEST(safetensors_large_tensor_conversion_is_exact) {
 
 TEST(safetensors_reads_reference_layout_and_unaligned_header) {
   // Header written by hand with an odd length (no padding): data starts unaligned.
-  std::string dir = make_temp_dir("ref");
+  lora_test::TempDir tmp("st_ref");
+  const std::string dir = tmp.path();
   std::string header = R"({"x":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"i":{"dtype":"I32","shape":[1],"data_offsets":[8,12]}})";
   CHECK(header.size() % 8 != 0);
   uint64_t len = header.size();
@@ -269,7 +264,8 @@ TEST(safetensors_reads_reference_layout_and_unaligned_header) {
 }
 
 TEST(safetensors_rejects_malformed_files) {
-  std::string dir = make_temp_dir("bad");
+  lora_test::TempDir tmp("st_bad");
+  const std::string dir = tmp.path();
   struct Case {
     const char* name;
     std::string bytes;
@@ -343,7 +339,8 @@ TEST(safetensors_rejects_malformed_files) {
 }
 
 TEST(safetensors_truncated_download_is_reported) {
-  std::string dir = make_temp_dir("trunc");
+  lora_test::TempDir tmp("st_trunc");
+  const std::string dir = tmp.path();
   std::string path = dir + "/model.safetensors";
   std::vector<float> w(1000, 0.5f);
   write_safetensors(path, {{"a", DType::F32, {10, 50}, w.data()}, {"b", DType::F32, {500}, w.data() + 500}});
@@ -358,7 +355,8 @@ TEST(safetensors_truncated_download_is_reported) {
 }
 
 TEST(safetensors_sharded_index) {
-  std::string dir = make_temp_dir("shard");
+  lora_test::TempDir tmp("st_shard");
+  const std::string dir = tmp.path();
   std::vector<float> a = {1, 2, 3, 4}, b = {5, 6};
   write_safetensors(dir + "/model-00001-of-00002.safetensors", {{"a", DType::F32, {2, 2}, a.data()}});
   write_safetensors(dir + "/model-00002-of-00002.safetensors", {{"b", DType::BF16, {2}, b.data()}});
@@ -405,7 +403,8 @@ TEST(safetensors_sharded_index) {
 }
 
 TEST(safetensors_missing_weights) {
-  std::string dir = make_temp_dir("none");
+  lora_test::TempDir tmp("st_none");
+  const std::string dir = tmp.path();
   ErrorInfo e = catch_input_error([&] { WeightStore ws(dir); });
   CHECK_EQ(e.code, std::string("safetensors_missing"));
   CHECK(e.hint.find("model.safetensors") != std::string::npos);
@@ -417,7 +416,8 @@ TEST(safetensors_missing_weights) {
 }
 
 TEST(safetensors_write_failures_are_input_errors) {
-  std::string dir = make_temp_dir("wfail");
+  lora_test::TempDir tmp("st_wfail");
+  const std::string dir = tmp.path();
   std::vector<float> w(1 << 16, 1.0f);
   ErrorInfo e = catch_input_error(
       [&] { write_safetensors(dir + "/missing_sub/adapter.safetensors", {{"w", DType::F32, {4}, w.data()}}); });

@@ -8,20 +8,12 @@
 
 #include "common/errors.hpp"
 #include "formats/shard.hpp"
+#include "temp_dir.hpp"
 #include "test.hpp"
 
 using namespace lora;
 
 namespace {
-
-std::string temp_dir() {
-  const char* base = std::getenv("TMPDIR");
-  std::string tmpl = std::string(base ? base : "/tmp") + "/lora_shard_XXXXXX";
-  std::vector<char> buf(tmpl.begin(), tmpl.end());
-  buf.push_back('\0');
-  if (!mkdtemp(buf.data())) return "/tmp";
-  return std::string(buf.data());
-}
 
 TokenShard sample_shard() {
   TokenShard s;
@@ -69,7 +61,8 @@ constexpr size_t kTokenDataAt = kOffsetsAt + 4 * 8, kMaskAt = kTokenDataAt + 7 *
 }  // namespace
 
 TEST(shard_round_trip_and_layout) {
-  std::string dir = temp_dir();
+  lora_test::TempDir tmp("shard");
+  const std::string dir = tmp.path();
   std::string path = dir + "/train.bin";
   write_shard(path, sample_shard());
   std::string bytes = read_bytes(path);
@@ -98,7 +91,8 @@ TEST(shard_round_trip_and_layout) {
 }
 
 TEST(shard_empty) {
-  std::string path = temp_dir() + "/empty.bin";
+  lora_test::TempDir tmp("shard");
+  const std::string path = tmp / "empty.bin";
   TokenShard e;
   e.vocab_size = 10;
   e.offsets = {0};
@@ -110,7 +104,8 @@ TEST(shard_empty) {
 }
 
 TEST(shard_rejects_malformed_files) {
-  std::string dir = temp_dir();
+  lora_test::TempDir tmp("shard");
+  const std::string dir = tmp.path();
   std::string good_path = dir + "/good.bin";
   write_shard(good_path, sample_shard());
   const std::string good = read_bytes(good_path);
@@ -173,7 +168,8 @@ TEST(shard_rejects_malformed_files) {
 }
 
 TEST(shard_token_ids_checked_against_model_vocab) {
-  std::string path = temp_dir() + "/train.bin";
+  lora_test::TempDir tmp("shard");
+  const std::string path = tmp / "train.bin";
   write_shard(path, sample_shard());
   CHECK_EQ(read_shard(path, 100).tokens.size(), size_t(7));
   Err e = read_error(path, 64);  // token 99 (document 2) is outside a 64-token vocabulary
@@ -183,7 +179,8 @@ TEST(shard_token_ids_checked_against_model_vocab) {
 }
 
 TEST(shard_missing_file_and_write_errors) {
-  std::string dir = temp_dir();
+  lora_test::TempDir tmp("shard");
+  const std::string dir = tmp.path();
   CHECK_INPUT_ERROR(read_shard(dir + "/nope.bin"), "file_read");
   CHECK_INPUT_ERROR(read_shard(dir), "file_read");
   CHECK_INPUT_ERROR(write_shard(dir + "/no/such/dir/train.bin", sample_shard()), "write_failed");
