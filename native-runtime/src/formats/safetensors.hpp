@@ -26,7 +26,11 @@ struct TensorInfo {
 // One memory-mapped .safetensors file. Opening validates the whole header: header length
 // within the file, JSON well formed, every dtype known, every shape * dtype size equal to
 // its byte range, ranges inside the file and not overlapping. Any problem throws
-// InputError naming the file and the tensor.
+// InputError naming the file and the tensor, with code "file_read" (cannot open/map),
+// "safetensors_truncated" (file shorter than the header or the data it announces),
+// "safetensors_header" (length above 100 MB, bad JSON, missing fields), "safetensors_dtype",
+// "safetensors_shape" (negative dims, shape * dtype size != byte range) or
+// "safetensors_offsets" (reversed or overlapping ranges).
 class SafetensorsFile {
  public:
   explicit SafetensorsFile(const std::string& path);
@@ -54,6 +58,10 @@ class SafetensorsFile {
 
 // A model's weights: model.safetensors, or the shards listed in
 // model.safetensors.index.json ("weight_map": {tensor: file}). Tensor lookup across shards.
+// Errors: "model_missing" (no such folder), "safetensors_missing" (no weights in it),
+// "safetensors_index" (index without weight_map, a listed shard missing, a tensor not in
+// the shard the index names), plus SafetensorsFile's codes; lookups: "tensor_missing",
+// "tensor_shape", "safetensors_dtype".
 class WeightStore {
  public:
   explicit WeightStore(const std::string& model_dir);  // throws InputError
@@ -74,7 +82,7 @@ class WeightStore {
 
 struct TensorToWrite {
   std::string name;
-  DType dtype;                    // F32 or BF16 (converted from `data` on write)
+  DType dtype;                    // F32, BF16 or F16 (converted from `data` on write)
   std::vector<int64_t> shape;
   const float* data = nullptr;    // numel floats
 };

@@ -7,7 +7,12 @@
 //   int8:      symmetric blockwise absmax, q = round(127 * w / absmax).
 //   double quantization: the fp32 absmax values are themselves quantized to 8 bits in
 //              blocks of 256 after subtracting their mean (as QLoRA), with one fp32
-//              scale per 256 absmax values.
+//              scale per 256 absmax values. The 8-bit code is linear and symmetric:
+//              absmax[b] = absmax_mean + (absmax_q[b] - 128) * absmax_scale[b / 256],
+//              absmax_scale = max |absmax - mean| / 127 over the 256 values.
+//   Quantization picks the nearest code value of w / absmax; a value exactly half-way
+//   between two codes takes the smaller one. FP4 codes: bit 3 sign, bits 2..0 select the
+//   magnitudes {0, 0.0625, 8, 12, 4, 6, 2, 3} / 12 (bitsandbytes' layout).
 //   none:      the weights are kept in the checkpoint's dtype (F32, F16 or BF16).
 #include <cstdint>
 #include <string>
