@@ -107,4 +107,6 @@ test('safetensors: model weights from a sharded index, and index/shard disagreem
   assert.throws(() => readModelWeights(dir), /not a file name in the model folder/);
   const empty = tmp();
   assert.throws(() => readModelWeights(empty), /no model.safetensors/);
+  writeSafetensors(path.join(empty, 'consolidated.safetensors'), [{ name: 'layers.0.attention.wq.weight', dtype: 'F32', shape: [1], data: new Float32Array(1) }]);
+  assert.throws(() => readModelWeights(empty), /Found consolidated\.safetensors, which is not the Hugging Face transformers layout/);
 });

@@ -291,16 +291,16 @@ export function readModelWeights(modelDir: string): ModelWeights {
   } else if (fs.existsSync(single)) {
     files = ['model.safetensors'];
   } else {
-    const others = fs.existsSync(modelDir) ? fs.readdirSync(modelDir).filter((f) => f.endsWith('.safetensors')) : [];
-    if (others.length === 0) {
-      throw new SafetensorsError(
-        fs.existsSync(modelDir) ? 'no model.safetensors or model.safetensors.index.json' : 'folder not found',
-        modelDir, undefined,
-        fs.existsSync(modelDir)
-          ? 'Pick an HF model folder with safetensors weights (convert .bin/.pt checkpoints with transformers first)'
-          : 'Check the model folder path');
-    }
-    files = others.sort();
+    // Other *.safetensors names (e.g. Mistral's consolidated.safetensors) use another tensor
+    // naming and are not what transformers or the runtime load, so they are not guessed at.
+    const exists = fs.existsSync(modelDir);
+    const others = exists ? fs.readdirSync(modelDir).filter((f) => f.endsWith('.safetensors')) : [];
+    throw new SafetensorsError(
+      exists ? 'no model.safetensors or model.safetensors.index.json' : 'folder not found',
+      modelDir, undefined,
+      !exists ? 'Check the model folder path'
+        : others.length ? `Found ${others.join(', ')}, which is not the Hugging Face transformers layout; use the repository's model*.safetensors files`
+          : 'Pick an HF model folder with safetensors weights (convert .bin/.pt checkpoints with transformers first)');
   }
   const headers = files.map((f) => readSafetensorsHeader(path.join(modelDir, f)));
   const tensors = new Map<string, ModelWeightEntry>();
