@@ -95,6 +95,16 @@ test('hfCache: lists snapshots in the huggingface_hub layout with size and archi
   assert.deepEqual(listCachedModels(path.join(cache, 'missing')), []);
 });
 
+test('hfCache: a snapshot whose shard download was interrupted is listed as incomplete', () => {
+  const cache = tmp();
+  const snap = path.join(cache, repoFolderName('acme/sharded'), 'snapshots', 'r1');
+  writeTinyModel(snap, { layers: 2, shards: 2 });
+  fs.rmSync(path.join(snap, 'model-00002-of-00002.safetensors'));
+  fs.symlinkSync('../../blobs/never-downloaded', path.join(snap, 'model-00002-of-00002.safetensors'));
+  const [m] = listCachedModels(cache);
+  assert.deepEqual([m.repoId, m.revision, m.complete, m.arch], ['acme/sharded', 'r1', false, 'LlamaForCausalLM']);
+});
+
 test('hfCache: cache folder from HF_HUB_CACHE, HF_HOME, XDG_CACHE_HOME, home', () => {
   assert.equal(hfHubCacheDir({ HF_HUB_CACHE: '/x/hub', HF_HOME: '/y' }), '/x/hub');
   assert.equal(hfHubCacheDir({ HF_HOME: '/y' }), '/y/hub');
