@@ -236,3 +236,25 @@ test('running out of memory is exit code 3 with an out_of_memory error', { skip 
   assert.match(String(err.hint), /seq_len/);
   assert.equal(events[events.length - 1].status, 'failed');
 });
+
+test('a full disk fails cleanly: error, exit 2, no half-written checkpoint', { skip }, async (t) => {
+  // A 64 KiB tmpfs holds the run folder; the first checkpoint (~130 KB) cannot fit. Needs
+  // permission to mount (root in a container); skipped elsewhere.
+  const run = tmpDir('full');
+  const mounted = spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=64k', 'tmpfs', run], { encoding: 'utf8' });
+  if (mounted.status !== 0) {
+    t.skip(`cannot mount a small tmpfs here: ${mounted.stderr.trim()}`);
+    return;
+  }
+  try {
+    await makeShard(path.join(run, 'data', 'train.bin'), randomDocs(4, 12, vocab, 1), vocab);
+    writeRunJson(run, goodModel, { lora: { r: 16 }, train: { max_steps: 4, seq_len: 16, save_every: 2 } });
+    const r = runRuntime(['train', '--run', run]);
+    expectBadInput(r, { code: 'write_failed' });
+    assert.match(String(errorEvent(r).hint), /disk is full/);
+    const left = fs.existsSync(path.join(run, 'checkpoints')) ? fs.readdirSync(path.join(run, 'checkpoints')) : [];
+    assert.deepEqual(left, [], 'no step-N or temporary checkpoint folder is left behind');
+  } finally {
+    spawnSync('umount', [run]);
+  }
+});

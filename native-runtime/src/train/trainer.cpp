@@ -290,7 +290,11 @@ int run_train(const std::string& run_dir_arg, bool resume, EventSink& events, Tr
     {
       Json e = Json::object();
       e.set("step", st.step);
-      e.set("epoch", static_cast<double>(st.step) / static_cast<double>(plan.steps_per_epoch));
+      // Fractional epochs for the charts; whole ones print as integers ("3", not "3e+00").
+      if (st.step % plan.steps_per_epoch == 0)
+        e.set("epoch", static_cast<int64_t>(st.step / plan.steps_per_epoch));
+      else
+        e.set("epoch", static_cast<double>(st.step) / static_cast<double>(plan.steps_per_epoch));
       e.set("loss", loss_sum / static_cast<double>(std::max<int64_t>(1, step_targets)));
       e.set("lr", lr);
       e.set("grad_norm", grad_norm);
