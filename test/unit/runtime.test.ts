@@ -131,6 +131,7 @@ test('process: a cancellation token stops the process; spawn errors reject', asy
   assert.equal(exit.stoppedBy, 'graceful');
   const missing = spawnProcess(path.join(tmp(), 'nope'), []);
   await assert.rejects(missing.exited, /ENOENT/);
+  assert.deepEqual(await missing.stop(), { code: null, signal: null, stoppedBy: 'graceful' }, 'stop() settles for a process that never started');
   const r = await execCommand(process.execPath, ['-e', 'console.log("a b"); console.error("e"); process.exit(3)']);
   assert.deepEqual([r.code, r.stdout, r.stderr], [3, 'a b', 'e']);
 });

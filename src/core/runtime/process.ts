@@ -174,16 +174,19 @@ export class ManagedProcess {
     this.stopping = (async () => {
       const message = this.opts.stopMessage === undefined ? RUNTIME_STOP_MESSAGE : this.opts.stopMessage;
       this.stoppedBy = 'graceful';
+      // A process that failed to start has no exit status; stop() still settles.
+      const ended = (): ProcessExit => this.exitInfo ?? { code: null, signal: null, stoppedBy: this.stoppedBy };
       if (message !== null) {
         this.send(message);
-        if (await this.waitExit(stopMs)) return this.exitInfo!;
+        if (await this.waitExit(stopMs)) return ended();
       }
       this.stoppedBy = 'terminated';
       this.signal('SIGTERM');
-      if (await this.waitExit(killMs)) return this.exitInfo!;
+      if (await this.waitExit(killMs)) return ended();
       this.stoppedBy = 'killed';
       this.signal('SIGKILL');
-      return this.exited;
+      await this.waitExit(Number.POSITIVE_INFINITY);
+      return ended();
     })();
     return this.stopping;
   }
@@ -205,7 +208,7 @@ export class ManagedProcess {
 
   private waitExit(ms: number): Promise<boolean> {
     return new Promise((resolve) => {
-      const timer = setTimeout(() => resolve(false), ms);
+      const timer = Number.isFinite(ms) ? setTimeout(() => resolve(false), ms) : undefined;
       this.exited.then(
         () => { clearTimeout(timer); resolve(true); },
         () => { clearTimeout(timer); resolve(true); },
