@@ -448,3 +448,54 @@ TEST(safetensors_write_failures_are_input_errors) {
   struct stat st;
   CHECK(::stat((path + ".tmp").c_str(), &st) != 0);
 }
+
+// Random corruption of a valid file (length field, header text, data): opening must either
+// succeed with every tensor inside the data region or throw InputError; never crash.
+TEST(safetensors_random_corruption_never_crashes) {
+  lora_test::TempDir tmp("st_fuzz");
+  const std::string path = tmp / "model.safetensors";
+  std::vector<float> a(12, 0.25f), b(6, -1.0f);
+  write_safetensors(path, {{"model.layers.0.mlp.up_proj.weight", DType::BF16, {3, 4}, a.data()},
+                           {"model.norm.weight", DType::F32, {6}, b.data()}});
+  const std::string good = read_bytes(path);
+  uint64_t header_len;
+  std::memcpy(&header_len, good.data(), 8);
+  const char alphabet[] = "{}[]\",:0123456789-eE.FBIU \x00\xff";
+  std::mt19937 rng(2025);
+  int accepted = 0, rejected = 0;
+  for (int iter = 0; iter < 3000; ++iter) {
+    std::string s = good;
+    const int edits = 1 + static_cast<int>(rng() % 3);
+    for (int k = 0; k < edits; ++k) {
+      switch (rng() % 5) {
+        case 0: s[rng() % 8] = static_cast<char>(rng()); break;  // length field
+        case 1: s[8 + rng() % header_len] = alphabet[rng() % (sizeof alphabet - 1)]; break;
+        case 2: s.resize(rng() % (s.size() + 1)); break;
+        case 3: s[8 + header_len + rng() % (s.size() - 8 - header_len)] = static_cast<char>(rng()); break;
+        case 4: s.insert(8 + rng() % header_len, 1, alphabet[rng() % (sizeof alphabet - 1)]); break;
+      }
+      if (s.size() <= 8 + header_len) break;
+    }
+    write_bytes(path, s);
+    try {
+      SafetensorsFile f(path);
+      for (const auto& t : f.tensors()) {
+        if (t.end > s.size()) {
+          ::lora_test::record_failure(__FILE__, __LINE__, "accepted a tensor past the end of the file");
+          return;
+        }
+        volatile uint8_t sink = 0;
+        for (uint64_t i = 0; i < t.end - t.begin; ++i) sink = sink ^ f.data(t)[i];
+      }
+      ++accepted;
+    } catch (const InputError& e) {
+      ++rejected;
+      if (e.file != path || std::string(e.what()).empty()) {
+        ::lora_test::record_failure(__FILE__, __LINE__, "error without file or message: " + std::string(e.what()));
+        return;
+      }
+    }
+  }
+  CHECK(rejected > 0);
+  CHECK(accepted > 0);  // e.g. data-region edits keep the file valid
+}

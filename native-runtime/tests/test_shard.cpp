@@ -1,6 +1,8 @@
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <cstdlib>
+#include <random>
 #include <cstring>
 #include <fstream>
 #include <string>
@@ -195,4 +197,47 @@ TEST(shard_missing_file_and_write_errors) {
   CHECK(threw);
   struct stat st;
   CHECK(::stat((dir + "/bad.bin").c_str(), &st) != 0);
+}
+
+// Random corruption of a valid shard: read_shard either throws InputError or returns a shard
+// whose invariants hold; it never crashes or allocates what the header merely claims.
+TEST(shard_random_corruption_never_crashes) {
+  lora_test::TempDir tmp("shard_fuzz");
+  const std::string path = tmp / "train.bin";
+  write_shard(path, sample_shard());
+  const std::string good = read_bytes(path);
+  std::mt19937 rng(99);
+  int accepted = 0, rejected = 0;
+  for (int iter = 0; iter < 3000; ++iter) {
+    std::string s = good;
+    const int edits = 1 + static_cast<int>(rng() % 3);
+    for (int k = 0; k < edits && !s.empty(); ++k) {
+      switch (rng() % 3) {
+        case 0: s[rng() % s.size()] = static_cast<char>(rng()); break;
+        case 1: s[rng() % std::min<size_t>(s.size(), 40)] = static_cast<char>(rng() % 4); break;
+        case 2: s.resize(rng() % (s.size() + 1)); break;
+      }
+    }
+    write_bytes(path, s);
+    try {
+      TokenShard r = read_shard(path, 100);
+      bool ok = r.offsets.front() == 0 && r.offsets.back() == r.tokens.size() &&
+                r.loss_mask.size() == r.tokens.size() && std::is_sorted(r.offsets.begin(), r.offsets.end());
+      for (uint32_t t : r.tokens) ok = ok && t < 100 && t < r.vocab_size;
+      for (uint8_t m : r.loss_mask) ok = ok && m <= 1;
+      if (!ok) {
+        ::lora_test::record_failure(__FILE__, __LINE__, "accepted a shard that breaks its invariants");
+        return;
+      }
+      ++accepted;
+    } catch (const InputError& e) {
+      ++rejected;
+      if (e.file != path) {
+        ::lora_test::record_failure(__FILE__, __LINE__, "error without the file: " + std::string(e.what()));
+        return;
+      }
+    }
+  }
+  CHECK(rejected > 0);
+  CHECK(accepted > 0);
 }
