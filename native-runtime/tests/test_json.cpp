@@ -177,6 +177,8 @@ TEST(json_dump_compact_and_pretty) {
   CHECK_EQ(Json(std::numeric_limits<double>::infinity()).dump(), std::string("null"));
   CHECK_EQ(Json(uint64_t(18446744073709551615ULL)).dump(), std::string("1.8446744073709552e+19"));
   CHECK_EQ(Json(int64_t(9007199254740993LL)).dump(), std::string("9007199254740993"));
+  CHECK_EQ(Json(uint32_t(4294967295u)).dump(), std::string("4294967295"));
+  CHECK(Json(uint32_t(7)).is_integer());
 }
 
 TEST(json_quote_escapes_controls_and_repairs_utf8) {

@@ -21,6 +21,7 @@ namespace lora {
 Json::Json(bool b) : type_(Type::Bool), bool_(b) {}
 Json::Json(double d) : type_(Type::Number), num_(d) {}
 Json::Json(int v) : type_(Type::Number), num_(v), integer_(true), int_(v) {}
+Json::Json(unsigned v) : type_(Type::Number), num_(v), integer_(true), int_(v) {}
 Json::Json(int64_t v) : type_(Type::Number), num_(static_cast<double>(v)), integer_(true), int_(v) {}
 Json::Json(uint64_t v) : type_(Type::Number), num_(static_cast<double>(v)) {
   // Values above INT64_MAX cannot be kept exact in int_; they become plain doubles.

@@ -18,6 +18,7 @@ class Json {
   Json(bool b);
   Json(double d);
   Json(int v);
+  Json(unsigned v);  // uint32_t (token ids, vocab sizes) would otherwise be ambiguous
   Json(int64_t v);
   Json(uint64_t v);
   Json(const char* s);
