@@ -175,7 +175,7 @@ TEST(json_dump_compact_and_pretty) {
   Json back = parse_ok(j.dump(true));
   CHECK_EQ(back.dump(), j.dump());
   CHECK_EQ(Json(std::numeric_limits<double>::infinity()).dump(), std::string("null"));
-  CHECK_EQ(Json(uint64_t(18446744073709551615ULL)).dump(), std::string("1.8446744073709552e+19"));
+  CHECK_EQ(Json(uint64_t(18446744073709551615ULL)).dump(), std::string("18446744073709552000"));
   CHECK_EQ(Json(int64_t(9007199254740993LL)).dump(), std::string("9007199254740993"));
   CHECK_EQ(Json(uint32_t(4294967295u)).dump(), std::string("4294967295"));
   CHECK(Json(uint32_t(7)).is_integer());
@@ -206,9 +206,20 @@ TEST(json_doubles_round_trip) {
       break;
     }
   }
+  // Formatted as JavaScript's Number.prototype.toString, like the TypeScript side.
   CHECK_EQ(Json(0.1).dump(), std::string("0.1"));
+  CHECK_EQ(Json(-2.5).dump(), std::string("-2.5"));
+  CHECK_EQ(Json(1e21).dump(), std::string("1e+21"));
+  CHECK_EQ(Json(1e20).dump(), std::string("100000000000000000000"));
+  CHECK_EQ(Json(123.456).dump(), std::string("123.456"));
+  CHECK_EQ(Json(1e-6).dump(), std::string("0.000001"));
+  CHECK_EQ(Json(1.5e-7).dump(), std::string("1.5e-7"));
+  CHECK_EQ(Json(-0.0).dump(), std::string("0"));
+  CHECK_EQ(Json(2.0).dump(), std::string("2"));
+  CHECK_EQ(Json(0.30000000000000004).dump(), std::string("0.30000000000000004"));
   CHECK_EQ(Json(1e300).dump(), std::string("1e+300"));
   CHECK_EQ(Json(5e-324).dump(), std::string("5e-324"));
+  CHECK_EQ(Json(-1.7976931348623157e308).dump(), std::string("-1.7976931348623157e+308"));
   CHECK_EQ(parse_ok("4.9406564584124654e-324").as_number(), 5e-324);
 }
 

@@ -1,5 +1,6 @@
 #include "common/json.hpp"
 
+#include <algorithm>
 #include <cassert>
 #include <cerrno>
 #include <charconv>
@@ -208,19 +209,55 @@ void append_quoted(std::string& out, const std::string& s) {
   out += '"';
 }
 
-// Shortest "%.Ng" representation that parses back to the same double.
+// Formats a double as JavaScript's Number.prototype.toString does (ECMA-262
+// Number::toString): the shortest digits that round-trip, in fixed notation for
+// 1e-7 <= |d| < 1e21 and exponent notation otherwise. The extension's TypeScript writes
+// numbers the same way, so both sides produce identical JSON. std::to_chars is
+// locale-independent (printf would write "0,5" under a German LC_NUMERIC).
 void append_double(std::string& out, double d) {
   if (!std::isfinite(d)) {
     // JSON has no NaN/Infinity; null is what JavaScript's JSON.stringify writes too.
     out += "null";
     return;
   }
-  char buf[40];
-  for (int prec = 1; prec <= 17; ++prec) {
-    std::snprintf(buf, sizeof buf, "%.*g", prec, d);
-    if (std::strtod(buf, nullptr) == d) break;
+  if (d == 0) {
+    out += '0';
+    return;
   }
-  out += buf;
+  char buf[64];
+  auto res = std::to_chars(buf, buf + sizeof buf, d, std::chars_format::scientific);
+  std::string sci(buf, res.ptr);  // e.g. "-1.2345e-07"
+  if (sci[0] == '-') {
+    out += '-';
+    sci.erase(0, 1);
+  }
+  const size_t e_pos = sci.find('e');
+  std::string digits = sci.substr(0, e_pos);
+  digits.erase(std::remove(digits.begin(), digits.end(), '.'), digits.end());
+  const int exp10 = std::atoi(sci.c_str() + e_pos + 1);
+  const int k = static_cast<int>(digits.size());
+  const int n = exp10 + 1;  // the decimal point sits after n digits
+  if (k <= n && n <= 21) {
+    out += digits;
+    out.append(static_cast<size_t>(n - k), '0');
+  } else if (0 < n && n <= 21) {
+    out.append(digits, 0, static_cast<size_t>(n));
+    out += '.';
+    out.append(digits, static_cast<size_t>(n), std::string::npos);
+  } else if (-6 < n && n <= 0) {
+    out += "0.";
+    out.append(static_cast<size_t>(-n), '0');
+    out += digits;
+  } else {
+    out += digits[0];
+    if (k > 1) {
+      out += '.';
+      out.append(digits, 1, std::string::npos);
+    }
+    out += 'e';
+    out += n - 1 >= 0 ? '+' : '-';
+    out += std::to_string(std::abs(n - 1));
+  }
 }
 
 void dump_value(const Json& v, std::string& out, bool pretty, int indent) {
