@@ -57,6 +57,10 @@ class ThreadPool {
   }
 
   int size() {
+    // Inside a parallel region a nested parallel_for runs inline, so its width is 1; and the
+    // dispatching thread holds dispatch_mutex_ for the whole job, so taking it here (a GEMM
+    // inside an attention work item asks for num_threads()) would deadlock.
+    if (t_inside_parallel) return 1;
     std::lock_guard<std::mutex> dispatch(dispatch_mutex_);
     return size_;
   }
