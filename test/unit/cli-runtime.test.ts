@@ -14,6 +14,8 @@ import { latestCheckpoint, listRuns, readEvents } from '../../src/core/runs/runs
 
 const CLI = path.join(__dirname, '..', '..', 'src', 'cli.js');
 const runtime = process.env.LORA_STUDIO_RUNTIME || bundledRuntimePath(path.resolve(__dirname, '..', '..', '..'));
+// A hung runtime fails the test instead of hanging the suite.
+const RUNTIME_TIMEOUT_MS = 180_000;
 const skip = fs.existsSync(runtime) ? false : `lora-runtime not built (${runtime}); run npm run build:native`;
 
 function setup() {
@@ -29,7 +31,7 @@ test('cli + runtime: a CPU fine-tune writes a PEFT adapter and the loss falls', 
   const e = setup();
   const r = spawnSync(process.execPath, [CLI, 'train', '--model', e.model, '--data', e.data, '--runs-dir', e.runs, '--preset', 'cpu-quick',
     '--max-steps', '30', '--seq-len', '96', '--micro-batch', '4', '--lr', '1e-2', '--r', '8', '--eval-split', '0.1', '--eval-every', '15', '--threads', '1'],
-  { encoding: 'utf8', env: { ...process.env, LORA_STUDIO_RUNTIME: runtime } });
+  { encoding: 'utf8', env: { ...process.env, LORA_STUDIO_RUNTIME: runtime }, timeout: RUNTIME_TIMEOUT_MS });
   assert.equal(r.status, 0, r.stderr);
   const [run] = listRuns(e.runs);
   assert.equal(run.status, 'completed');
@@ -61,15 +63,17 @@ test('cli + runtime: SIGINT leaves a resumable run that resume completes', { ski
       child.kill('SIGINT');
     }
   });
+  const watchdog = setTimeout(() => child.kill('SIGKILL'), RUNTIME_TIMEOUT_MS);
   const code = await new Promise<number | null>((resolve) => child.on('close', resolve));
-  assert.equal(code, 0);
+  clearTimeout(watchdog);
+  assert.equal(code, 0, 'the CLI exits cleanly after a stop (a kill here means the runtime hung)');
   const [run] = listRuns(e.runs);
   assert.equal(run.status, 'stopped');
   const ck = latestCheckpoint(run.dir);
   assert.ok(ck, 'a checkpoint is written at stop even with save_every 0');
   assert.ok(run.step < 400);
   // finish quickly: resume with the same run.json (400 steps of 128 tokens is fast enough on a tiny model)
-  const res = spawnSync(process.execPath, [CLI, 'resume', run.dir], { encoding: 'utf8', env: { ...process.env, LORA_STUDIO_RUNTIME: runtime } });
+  const res = spawnSync(process.execPath, [CLI, 'resume', run.dir], { encoding: 'utf8', env: { ...process.env, LORA_STUDIO_RUNTIME: runtime }, timeout: RUNTIME_TIMEOUT_MS });
   assert.equal(res.status, 0, res.stderr);
   const after = listRuns(e.runs)[0];
   assert.equal(after.status, 'completed');

@@ -15,6 +15,8 @@ import { defaultConfig, toRunJson } from '../../src/core/config';
 import { Rng } from '../../src/core/fixtures/rng';
 
 const runtime = process.env.LORA_STUDIO_RUNTIME || bundledRuntimePath(path.resolve(__dirname, '..', '..', '..'));
+// A hung runtime fails the test instead of hanging the suite.
+const RUNTIME_TIMEOUT_MS = 180_000;
 const skip = fs.existsSync(runtime) ? false : `lora-runtime not built (${runtime}); run npm run build:native`;
 
 test('estimate vs measured peak RSS on CPU, with and without checkpointing (within 25%)', { skip }, async (t) => {
@@ -36,7 +38,7 @@ test('estimate vs measured peak RSS on CPU, with and without checkpointing (with
     c.train = { ...c.train, seqLen: 256, microBatch: 4, gradAccum: 1, maxSteps: 2, gradCheckpointing: ckpt, saveEvery: 0, evalEvery: 0 };
     c.compute = { device: 'cpu', dtype: 'fp32', threads: 1 };
     fs.writeFileSync(path.join(runDir, 'run.json'), JSON.stringify(toRunJson(c, { model: modelDir, train: 'data/train.bin', eval: null })));
-    const r = spawnSync(runtime, ['train', '--run', runDir], { encoding: 'utf8' });
+    const r = spawnSync(runtime, ['train', '--run', runDir], { encoding: 'utf8', timeout: RUNTIME_TIMEOUT_MS, killSignal: 'SIGKILL' });
     assert.equal(r.status, 0, r.stdout + r.stderr);
     const steps = r.stdout.trim().split('\n').map((l) => JSON.parse(l)).filter((e) => e.type === 'step');
     const peak = Math.max(...steps.map((s) => s.mem.peak));

@@ -12,6 +12,8 @@ import { bundledRuntimePath } from '../../src/core/runtime/locate';
 import { Rng } from '../../src/core/fixtures/rng';
 
 const runtime = process.env.LORA_STUDIO_RUNTIME || bundledRuntimePath(path.resolve(__dirname, '..', '..', '..'));
+// A hung runtime fails the test instead of hanging the suite.
+const RUNTIME_TIMEOUT_MS = 180_000;
 const skip = fs.existsSync(runtime) ? false : `lora-runtime not built (${runtime}); run npm run build:native`;
 
 test('shard round trip: lora-runtime eval reads a TypeScript shard and scores the same targets', { skip }, async () => {
@@ -29,7 +31,7 @@ test('shard round trip: lora-runtime eval reads a TypeScript shard and scores th
     w.addDocument(toks, mask);
   }
   const counts = await w.finish();
-  const r = spawnSync(runtime, ['eval', '--model', model, '--data', shard, '--seq-len', '64'], { encoding: 'utf8' });
+  const r = spawnSync(runtime, ['eval', '--model', model, '--data', shard, '--seq-len', '64'], { encoding: 'utf8', timeout: RUNTIME_TIMEOUT_MS, killSignal: 'SIGKILL' });
   assert.equal(r.status, 0, r.stdout + r.stderr);
   const res = JSON.parse(r.stdout.trim().split('\n').pop()!);
   assert.equal(res.tokens, counts.targets);
@@ -40,7 +42,7 @@ test('shard round trip: lora-runtime eval reads a TypeScript shard and scores th
   const bytes = fs.readFileSync(shard);
   bytes.write('XXXX', 0, 'latin1');
   fs.writeFileSync(bad, bytes);
-  const rb = spawnSync(runtime, ['eval', '--model', model, '--data', bad], { encoding: 'utf8' });
+  const rb = spawnSync(runtime, ['eval', '--model', model, '--data', bad], { encoding: 'utf8', timeout: RUNTIME_TIMEOUT_MS, killSignal: 'SIGKILL' });
   assert.equal(rb.status, 2);
   const err = JSON.parse(rb.stdout.trim().split('\n')[0]);
   assert.equal(err.type, 'error');
