@@ -7,6 +7,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# When this runs under `npm test`, the outer npm (Node 20) exports npm_config_* variables, and
+# the nested npm would read them as its own config: npm_config_user_agent says "node/v20", which
+# code-server's postinstall reads as the running Node version and refuses. Start clean.
+while IFS='=' read -r name _; do
+  case "$name" in npm_config_*|npm_package_*|npm_lifecycle_*|npm_execpath|npm_node_execpath|npm_command) unset "$name" ;; esac
+done < <(env)
+
 CODE_SERVER_VERSION=4.139.1
 NODE_VERSION=24.21.0
 cache="$PWD/.cache/code-server"
