@@ -142,6 +142,25 @@ TEST(threadpool_partitions_contiguously_and_completely) {
   CHECK(num_threads() >= 1);
 }
 
+// Regression: num_threads() took the dispatch lock, so a GEMM large enough to ask for the
+// thread count, called inside a parallel_for body (as attention does), deadlocked. Inside a
+// body the answer is 1: nested calls run serially.
+TEST(threadpool_num_threads_and_large_gemm_inside_parallel_for) {
+  ThreadCount tc(2);
+  const int64_t n = 96;
+  const auto A = random_vec(n * n, 5), B = random_vec(n * n, 6);
+  std::vector<std::vector<float>> C(2, std::vector<float>(n * n));
+  std::vector<int> seen(2, 0);
+  parallel_for(2, [&](int64_t b, int64_t, int) {
+    seen[b] = num_threads();
+    matmul_nt(C[b].data(), A.data(), B.data(), n, n, n);
+  });
+  CHECK_EQ(seen[0], 1);
+  CHECK_EQ(seen[1], 1);
+  CHECK_EQ(num_threads(), 2);
+  CHECK(same_bits(C[0], C[1]));
+}
+
 // Regression: a worker created by a resize used to read the job counter only once it began
 // running, so a job posted in between was never picked up and parallel_for waited forever.
 TEST(threadpool_survives_resizes_between_jobs) {

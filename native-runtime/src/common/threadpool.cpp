@@ -51,18 +51,17 @@ class ThreadPool {
   void set_size(int n) {
     if (n <= 0) n = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
     std::lock_guard<std::mutex> dispatch(dispatch_mutex_);
-    if (n == size_) return;
+    if (n == size_.load(std::memory_order_acquire)) return;
     stop_workers();
-    size_ = n;
+    size_.store(n, std::memory_order_release);
   }
 
-  int size() {
-    // Inside a parallel region a nested parallel_for runs inline, so its width is 1; and the
-    // dispatching thread holds dispatch_mutex_ for the whole job, so taking it here (a GEMM
-    // inside an attention work item asks for num_threads()) would deadlock.
+  // Inside a parallel region a nested parallel_for runs inline, so its width is 1. The read
+  // is lock-free: the dispatching thread holds dispatch_mutex_ for the whole job, so taking
+  // it here (a GEMM inside an attention work item asks for num_threads()) would deadlock.
+  int size() const {
     if (t_inside_parallel) return 1;
-    std::lock_guard<std::mutex> dispatch(dispatch_mutex_);
-    return size_;
+    return size_.load(std::memory_order_acquire);
   }
 
   void run(int64_t n, const std::function<void(int64_t, int64_t, int)>& fn) {
@@ -76,7 +75,7 @@ class ThreadPool {
     auto job = std::make_shared<Job>();
     job->fn = &fn;
     job->n = n;
-    job->chunks = static_cast<int>(std::min<int64_t>(size_, n));
+    job->chunks = static_cast<int>(std::min<int64_t>(size_.load(std::memory_order_acquire), n));
     if (job->chunks > 1) {
       start_workers();
       {
@@ -154,7 +153,8 @@ class ThreadPool {
   void start_workers() {
     if (!workers_.empty()) return;
     stopping_.store(false, std::memory_order_release);
-    for (int i = 1; i < size_; ++i) workers_.emplace_back([this] { worker_loop(); });
+    const int size = size_.load(std::memory_order_acquire);
+    for (int i = 1; i < size; ++i) workers_.emplace_back([this] { worker_loop(); });
   }
 
   void stop_workers() {
@@ -176,7 +176,7 @@ class ThreadPool {
   std::shared_ptr<Job> current_;
   std::atomic<uint64_t> generation_{0};
   std::atomic<bool> stopping_{false};
-  int size_ = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  std::atomic<int> size_{static_cast<int>(std::max(1u, std::thread::hardware_concurrency()))};
 };
 
 ThreadPool& pool() {

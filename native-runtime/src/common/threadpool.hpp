@@ -8,7 +8,8 @@
 namespace lora {
 
 // Number of threads used by parallel_for; 0 = all hardware threads. Call once at start-up
-// (and from tests); not thread-safe against concurrent parallel_for calls.
+// (and from tests); it waits for a running parallel_for to finish. num_threads() is 1 inside
+// a parallel_for body, where nested calls run serially.
 void set_num_threads(int n);
 int num_threads();
 
