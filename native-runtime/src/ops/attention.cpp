@@ -20,6 +20,10 @@
 #include "common/threadpool.hpp"
 #include "ops/matmul.hpp"
 
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#endif
+
 namespace lora {
 
 namespace {
@@ -52,6 +56,47 @@ void to_head_major(float* dst, const float* src, int64_t T, int64_t H, int64_t D
 // Rows [t0, t0 + n) of head h of a head-major (H, T, D) block back into (T, H, D).
 void scatter_rows(float* dst, const float* rows, int64_t t0, int64_t n, int64_t h, int64_t H, int64_t D) {
   for (int64_t i = 0; i < n; ++i) std::copy(rows + i * D, rows + (i + 1) * D, dst + ((t0 + i) * H + h) * D);
+}
+
+// x[i] = exp(x[i]) for i < n; returns the sum of the results. The softmax exponentials are
+// most of attention's non-GEMM time, so they are vectorised: Cephes' expf (range reduction
+// by ln 2, degree-6 polynomial, about 2 ulp), inputs clamped to [-87, 88] so 2^k stays a
+// normal float. The sum's order depends only on n, so results stay deterministic.
+float exp_inplace(float* x, int64_t n) {
+  int64_t i = 0;
+  float total = 0.f;
+#if defined(__AVX2__) && defined(__FMA__)
+  const __m256 hi = _mm256_set1_ps(88.0f), lo = _mm256_set1_ps(-87.0f);
+  const __m256 log2e = _mm256_set1_ps(1.44269504088896341f);
+  const __m256 ln2_hi = _mm256_set1_ps(0.693359375f), ln2_lo = _mm256_set1_ps(-2.12194440e-4f);
+  const __m256 one = _mm256_set1_ps(1.0f), half = _mm256_set1_ps(0.5f);
+  __m256 acc = _mm256_setzero_ps();
+  for (; i + 8 <= n; i += 8) {
+    __m256 v = _mm256_min_ps(_mm256_max_ps(_mm256_loadu_ps(x + i), lo), hi);
+    const __m256 k = _mm256_floor_ps(_mm256_fmadd_ps(v, log2e, half));
+    v = _mm256_fnmadd_ps(k, ln2_hi, v);
+    v = _mm256_fnmadd_ps(k, ln2_lo, v);
+    __m256 y = _mm256_set1_ps(1.9875691500e-4f);
+    y = _mm256_fmadd_ps(y, v, _mm256_set1_ps(1.3981999507e-3f));
+    y = _mm256_fmadd_ps(y, v, _mm256_set1_ps(8.3334519073e-3f));
+    y = _mm256_fmadd_ps(y, v, _mm256_set1_ps(4.1665795894e-2f));
+    y = _mm256_fmadd_ps(y, v, _mm256_set1_ps(1.6666665459e-1f));
+    y = _mm256_fmadd_ps(y, v, half);
+    y = _mm256_fmadd_ps(y, _mm256_mul_ps(v, v), _mm256_add_ps(v, one));
+    const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(k), _mm256_set1_epi32(127)), 23);
+    y = _mm256_mul_ps(y, _mm256_castsi256_ps(e));
+    _mm256_storeu_ps(x + i, y);
+    acc = _mm256_add_ps(acc, y);
+  }
+  alignas(32) float lanes[8];
+  _mm256_store_ps(lanes, acc);
+  total = ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]));
+#endif
+  for (; i < n; ++i) {
+    x[i] = std::exp(x[i]);
+    total += x[i];
+  }
+  return total;
 }
 
 template <typename Fn>
@@ -92,11 +137,8 @@ void attention_forward(float* out, float* lse, const float* q, const float* k, c
           const int64_t a = doc_start[t] - j_lo, b = t - j_lo;  // allowed columns [a, b]
           float mx = -std::numeric_limits<float>::infinity();
           for (int64_t j = a; j <= b; ++j) mx = std::max(mx, row[j]);
-          float sum = 0.f;
-          for (int64_t j = a; j <= b; ++j) {
-            row[j] = std::exp(row[j] - mx);
-            sum += row[j];
-          }
+          for (int64_t j = a; j <= b; ++j) row[j] -= mx;
+          const float sum = exp_inplace(row + a, b - a + 1);
           const float inv = 1.0f / sum;
           std::fill(row, row + a, 0.f);
           for (int64_t j = a; j <= b; ++j) row[j] *= inv;
@@ -159,11 +201,13 @@ void attention_backward(float* dq, float* dk, float* dv, const float* dout, cons
         for (int64_t i = 0; i < bq; ++i) {
           const int64_t t = t0 + i;
           float* ds = dp.data() + i * R;
-          const float* s = p.data() + i * R;
+          float* s = p.data() + i * R;
           const int64_t a = doc_start[t] - j_lo, b = t - j_lo;
           const float l = lse[h * T + t], dl = delta[h * T + t];
+          for (int64_t j = a; j <= b; ++j) s[j] -= l;
+          exp_inplace(s + a, b - a + 1);
           std::fill(ds, ds + a, 0.f);
-          for (int64_t j = a; j <= b; ++j) ds[j] = std::exp(s[j] - l) * (ds[j] - dl);
+          for (int64_t j = a; j <= b; ++j) ds[j] = s[j] * (ds[j] - dl);
           std::fill(ds + b + 1, ds + R, 0.f);
         }
         // dq_blk: (bq, D) = scale * dS . K[j_lo : t0 + bq]
@@ -195,21 +239,22 @@ void attention_backward(float* dq, float* dk, float* dv, const float* dout, cons
           // pt: (bk, Rq) = scale * K_blk . Q[j0 : t_end]^T, i.e. S transposed; dst likewise dP^T.
           matmul_nt(pt.data(), kb, qr, bk, Rq, D, scale);
           matmul_nt(dst.data(), vb, dr, bk, Rq, D);
+          const float* lse_h = lse + h * T + j0;
+          const float* delta_h = delta.data() + h * T + j0;
           for (int64_t jj = 0; jj < bk; ++jj) {
             const int64_t j = j0 + jj;
             float* prow = pt.data() + jj * Rq;
             float* drow = dst.data() + jj * Rq;
-            for (int64_t ii = 0; ii < Rq; ++ii) {
-              const int64_t t = j0 + ii;
-              if (t < j || doc_start[t] > j) {
-                prow[ii] = 0.f;
-                drow[ii] = 0.f;
-                continue;
-              }
-              const float pv = std::exp(prow[ii] - lse[h * T + t]);
-              prow[ii] = pv;
-              drow[ii] = pv * (drow[ii] - delta[h * T + t]);
-            }
+            // Queries that see key j: from j itself to the end of j's document.
+            int64_t last = jj;
+            while (last + 1 < Rq && doc_start[j0 + last + 1] <= j) ++last;
+            std::fill(prow, prow + jj, 0.f);
+            std::fill(drow, drow + jj, 0.f);
+            for (int64_t ii = jj; ii <= last; ++ii) prow[ii] -= lse_h[ii];
+            exp_inplace(prow + jj, last - jj + 1);
+            for (int64_t ii = jj; ii <= last; ++ii) drow[ii] = prow[ii] * (drow[ii] - delta_h[ii]);
+            std::fill(prow + last + 1, prow + Rq, 0.f);
+            std::fill(drow + last + 1, drow + Rq, 0.f);
           }
           // dv_blk += P^T . dO[j0 : t_end];  dk_blk += scale * dS^T . Q[j0 : t_end]
           matmul_nn(dvb.data(), pt.data(), dr, bk, D, Rq, 1.0f, /*accumulate=*/true);
