@@ -300,6 +300,19 @@ TEST(quant_row_ranges_match_full_dequantization) {
       QuantizedMatrix m = quantize_matrix(w.data(), rows, cols, type, 64, dq);
       std::vector<float> full = dequant_all(m);
       int mismatches = 0;
+      // Independent reference from the stored fields: code value (or int8 step) times the
+      // block's absmax, itself rebuilt from the double-quant fields when those are used.
+      for (int64_t i = 0; i < rows * cols; ++i) {
+        const int64_t b = i / 64;
+        const float a = dq ? m.absmax_mean + static_cast<float>(int(m.absmax_q[b]) - 128) * m.absmax_scale[b / 256]
+                           : m.absmax[b];
+        float want;
+        if (type == QuantType::Int8)
+          want = static_cast<float>(static_cast<int8_t>(m.raw[i])) * (a / 127.0f);
+        else
+          want = (type == QuantType::NF4 ? nf4_code() : fp4_code())[nibble(m, i)] * a;
+        if (full[static_cast<size_t>(i)] != want) ++mismatches;
+      }
       for (int64_t r0 = 0; r0 < rows; ++r0) {
         for (int64_t r1 = r0; r1 <= rows; r1 += 3) {
           std::vector<float> part(static_cast<size_t>((r1 - r0) * cols) + 1, -123.0f);

@@ -4,7 +4,7 @@
 //              the low nibble (as bitsandbytes packs them); one absmax per block of
 //              `block_size` elements (row-major over the whole [rows, cols] matrix).
 //              NF4 uses the 16 values of the QLoRA paper exactly (nf4_code()).
-//   int8:      symmetric blockwise absmax, q = round(127 * w / absmax).
+//   int8:      symmetric blockwise absmax, q = round(127 * w / absmax) (ties to even).
 //   double quantization: the fp32 absmax values are themselves quantized to 8 bits in
 //              blocks of 256 after subtracting their mean (as QLoRA), with one fp32
 //              scale per 256 absmax values. The 8-bit code is linear and symmetric:
