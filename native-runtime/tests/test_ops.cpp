@@ -705,6 +705,24 @@ TEST(attention_backward_is_deterministic_for_any_thread_count) {
   CHECK(same_bits(runs[0], runs[3]));
 }
 
+TEST(attention_rejects_inconsistent_layouts) {
+  const int64_t T = 4, D = 4;
+  std::vector<float> q(T * 2 * D, 0.1f), k(T * D, 0.2f), v(T * D, 0.3f), out(T * 2 * D), lse(2 * T);
+  auto throws = [&](const std::vector<int32_t>& starts, int64_t Hq, int64_t Hkv) {
+    try {
+      attention_forward(out.data(), lse.data(), q.data(), k.data(), v.data(), starts.data(), T, Hq, Hkv, D);
+    } catch (const std::invalid_argument&) {
+      return true;
+    }
+    return false;
+  };
+  CHECK(!throws({0, 0, 2, 2}, 2, 1));
+  CHECK(throws({0, 2, 2, 2}, 2, 1));   // a start after the token itself
+  CHECK(throws({0, 0, 2, 1}, 2, 1));   // decreasing
+  CHECK(throws({-1, 0, 0, 0}, 2, 1));  // negative
+  CHECK(throws({0, 0, 0, 0}, 3, 2));   // 3 query heads over 2 kv heads
+}
+
 // ---------------------------------------------------------------------------------------
 // SwiGLU, cross-entropy, embedding
 
@@ -788,6 +806,14 @@ TEST(embedding_forward_and_backward_with_repeated_ids) {
   };
   check_gradient("embedding dtable", table.data(), dtable.data(), table.size(), loss, 0.5, 1e-6, 1e-5);
   for (int64_t c = 0; c < C; ++c) CHECK_EQ(dtable[2 * C + c], 0.f);  // id 2 never occurs
+  const int32_t negative[1] = {-1};
+  bool threw = false;
+  try {
+    embedding_forward(out.data(), negative, table.data(), 1, C);
+  } catch (const std::out_of_range&) {
+    threw = true;
+  }
+  CHECK(threw);
 }
 
 // ---------------------------------------------------------------------------------------

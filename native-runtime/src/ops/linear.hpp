@@ -25,7 +25,8 @@ void linear_forward(float* y, const float* x, const float* W0, const float* bias
                     int64_t T, int64_t in, int64_t out);
 
 // dy: (T, out). Accumulates into dx (T, in) (dx += ...), and writes (accumulates into) the
-// LoRA gradients dA: (r, in), dB: (out, r) when lora.A != nullptr.
+// LoRA gradients dA: (r, in), dB: (out, r) when lora.A != nullptr. Any of dx, dA, dB may be
+// nullptr when that gradient is not needed (e.g. dx of the first layer).
 // h: the dropped-out input saved by forward (or x when there is no dropout); u: (T, r).
 void linear_backward(float* dx, float* dA, float* dB, const float* dy, const float* W0,
                      const LoraParams& lora, const uint8_t* keep_mask, const float* h,
