@@ -162,7 +162,8 @@ struct Pass {
     for (int64_t i = 0; i < N * C; ++i) out[i] += x1[i];
   }
 
-  // dx (N, C) = gradient w.r.t. the layer's input x, given dout w.r.t. its output.
+  // dx (N, C) = gradient w.r.t. the layer's input x, given dout w.r.t. its output. dx may
+  // be null for the first layer: the embeddings are frozen, so nothing needs it.
   void layer_backward(int64_t l, const float* x, const LayerActs& a, const float* dout, float* dx) {
     const LayerWeights& lw = model.layers[l];
     const int64_t Dq = Hq * D, Dkv = Hkv * D;
@@ -191,10 +192,12 @@ struct Pass {
     }
     rope_backward(dq, batch.pos.data(), model.inv_freq.data(), N, Hq, D);
     rope_backward(dk, batch.pos.data(), model.inv_freq.data(), N, Hkv, D);
-    std::fill(dxn, dxn + N * C, 0.f);
-    linear_bwd(l, kQProj, dxn, dq, a.xn.data(), a);
-    linear_bwd(l, kKProj, dxn, dk, a.xn.data(), a);
-    linear_bwd(l, kVProj, dxn, dv, a.xn.data(), a);
+    float* dxn_qkv = dx ? dxn : nullptr;
+    if (dx) std::fill(dxn, dxn + N * C, 0.f);
+    linear_bwd(l, kQProj, dxn_qkv, dq, a.xn.data(), a);
+    linear_bwd(l, kKProj, dxn_qkv, dk, a.xn.data(), a);
+    linear_bwd(l, kVProj, dxn_qkv, dv, a.xn.data(), a);
+    if (!dx) return;
     std::memcpy(dx, dx1, sizeof(float) * N * C);
     rmsnorm_backward(dx, dxn, x, lw.input_norm.data(), a.rstd1.data(), N, C);
   }
@@ -252,7 +255,7 @@ struct Pass {
     for (int64_t l = L - 1; l >= 0; --l) {
       LayerActs& a = ws.acts[checkpointing ? 0 : l];
       if (checkpointing) layer_forward(l, ws.xs[l].data(), sized(ws.recompute_out, N * C), a);
-      layer_backward(l, ws.xs[l].data(), a, dx, dnext);
+      layer_backward(l, ws.xs[l].data(), a, dx, l > 0 ? dnext : nullptr);
       std::swap(dx, dnext);
     }
   }
