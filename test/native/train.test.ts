@@ -177,7 +177,7 @@ async function interruptedMatchesUninterrupted(tag: string, interrupt: (child: R
 
 // Enough steps that the stop lands mid-run; dropout and two epochs so that the dropout keys,
 // the shuffling and the optimizer state all have to be restored exactly.
-const resumeConfig = { lora: { dropout: 0.1 }, train: { max_steps: null, epochs: 40, micro_batch: 1, grad_accum: 2, schedule: 'cosine', warmup_steps: 3 } };
+const resumeConfig = { lora: { dropout: 0.1 }, train: { max_steps: null, epochs: 100, micro_batch: 1, grad_accum: 2, schedule: 'cosine', warmup_steps: 3 } };
 
 test('stop on stdin, then --resume: the final adapter equals an uninterrupted run', { skip }, async () => {
   await interruptedMatchesUninterrupted('stop', (child) => child.stdin!.write('{"cmd":"stop"}\n'), resumeConfig);
@@ -188,7 +188,7 @@ test('SIGTERM, then --resume: the final adapter equals an uninterrupted run', { 
 });
 
 test('closing stdin does not stop training; {"cmd":"checkpoint"} writes a checkpoint', { skip }, async () => {
-  const run = await newRun('stdin', { train: { max_steps: 40 } });
+  const run = await newRun('stdin', { train: { max_steps: 100 } });
   let asked = false;
   const r = await trainLive(run, (e, child) => {
     if (e.type === 'step' && e.step === 2 && !asked) {
@@ -199,10 +199,10 @@ test('closing stdin does not stop training; {"cmd":"checkpoint"} writes a checkp
   });
   assert.equal(r.status, 0, r.stderr);
   assert.equal(r.events[r.events.length - 1].status, 'completed');
-  assert.equal(r.events.filter((e) => e.type === 'step').length, 40);
+  assert.equal(r.events.filter((e) => e.type === 'step').length, 100);
   const ck = r.events.filter((e) => e.type === 'checkpoint');
   assert.equal(ck.length, 1);
-  assert.ok((ck[0].step as number) >= 2 && (ck[0].step as number) < 40);
+  assert.ok((ck[0].step as number) >= 2 && (ck[0].step as number) < 100);
   assert.ok(r.events.some((e) => e.type === 'log' && e.level === 'warning' && String(e.message).includes('not json')));
 });
 
