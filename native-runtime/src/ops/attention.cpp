@@ -19,10 +19,7 @@
 
 #include "common/threadpool.hpp"
 #include "ops/matmul.hpp"
-
-#if defined(__AVX2__) && defined(__FMA__)
-#include <immintrin.h>
-#endif
+#include "ops/vexp.hpp"
 
 namespace lora {
 
@@ -56,47 +53,6 @@ void to_head_major(float* dst, const float* src, int64_t T, int64_t H, int64_t D
 // Rows [t0, t0 + n) of head h of a head-major (H, T, D) block back into (T, H, D).
 void scatter_rows(float* dst, const float* rows, int64_t t0, int64_t n, int64_t h, int64_t H, int64_t D) {
   for (int64_t i = 0; i < n; ++i) std::copy(rows + i * D, rows + (i + 1) * D, dst + ((t0 + i) * H + h) * D);
-}
-
-// x[i] = exp(x[i]) for i < n; returns the sum of the results. The softmax exponentials are
-// most of attention's non-GEMM time, so they are vectorised: Cephes' expf (range reduction
-// by ln 2, degree-6 polynomial, about 2 ulp), inputs clamped to [-87, 88] so 2^k stays a
-// normal float. The sum's order depends only on n, so results stay deterministic.
-float exp_inplace(float* x, int64_t n) {
-  int64_t i = 0;
-  float total = 0.f;
-#if defined(__AVX2__) && defined(__FMA__)
-  const __m256 hi = _mm256_set1_ps(88.0f), lo = _mm256_set1_ps(-87.0f);
-  const __m256 log2e = _mm256_set1_ps(1.44269504088896341f);
-  const __m256 ln2_hi = _mm256_set1_ps(0.693359375f), ln2_lo = _mm256_set1_ps(-2.12194440e-4f);
-  const __m256 one = _mm256_set1_ps(1.0f), half = _mm256_set1_ps(0.5f);
-  __m256 acc = _mm256_setzero_ps();
-  for (; i + 8 <= n; i += 8) {
-    __m256 v = _mm256_min_ps(_mm256_max_ps(_mm256_loadu_ps(x + i), lo), hi);
-    const __m256 k = _mm256_floor_ps(_mm256_fmadd_ps(v, log2e, half));
-    v = _mm256_fnmadd_ps(k, ln2_hi, v);
-    v = _mm256_fnmadd_ps(k, ln2_lo, v);
-    __m256 y = _mm256_set1_ps(1.9875691500e-4f);
-    y = _mm256_fmadd_ps(y, v, _mm256_set1_ps(1.3981999507e-3f));
-    y = _mm256_fmadd_ps(y, v, _mm256_set1_ps(8.3334519073e-3f));
-    y = _mm256_fmadd_ps(y, v, _mm256_set1_ps(4.1665795894e-2f));
-    y = _mm256_fmadd_ps(y, v, _mm256_set1_ps(1.6666665459e-1f));
-    y = _mm256_fmadd_ps(y, v, half);
-    y = _mm256_fmadd_ps(y, _mm256_mul_ps(v, v), _mm256_add_ps(v, one));
-    const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(k), _mm256_set1_epi32(127)), 23);
-    y = _mm256_mul_ps(y, _mm256_castsi256_ps(e));
-    _mm256_storeu_ps(x + i, y);
-    acc = _mm256_add_ps(acc, y);
-  }
-  alignas(32) float lanes[8];
-  _mm256_store_ps(lanes, acc);
-  total = ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]));
-#endif
-  for (; i < n; ++i) {
-    x[i] = std::exp(x[i]);
-    total += x[i];
-  }
-  return total;
 }
 
 template <typename Fn>
@@ -138,7 +94,7 @@ void attention_forward(float* out, float* lse, const float* q, const float* k, c
           float mx = -std::numeric_limits<float>::infinity();
           for (int64_t j = a; j <= b; ++j) mx = std::max(mx, row[j]);
           for (int64_t j = a; j <= b; ++j) row[j] -= mx;
-          const float sum = exp_inplace(row + a, b - a + 1);
+          const float sum = static_cast<float>(exp_inplace(row + a, b - a + 1));
           const float inv = 1.0f / sum;
           std::fill(row, row + a, 0.f);
           for (int64_t j = a; j <= b; ++j) row[j] *= inv;

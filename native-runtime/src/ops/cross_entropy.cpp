@@ -7,19 +7,23 @@
 #include <vector>
 
 #include "common/threadpool.hpp"
+#include "ops/vexp.hpp"
 
 namespace lora {
 
 namespace {
 
-// Max and sum(exp(logit - max)) of one row, the stable form of log-sum-exp.
-void row_stats(const float* row, int64_t V, float* mx_out, double* sum_out) {
+float row_max(const float* row, int64_t V) {
   float mx = row[0];
   for (int64_t i = 1; i < V; ++i) mx = std::max(mx, row[i]);
-  double sum = 0.0;
-  for (int64_t i = 0; i < V; ++i) sum += std::exp(double(row[i] - mx));
-  *mx_out = mx;
-  *sum_out = sum;
+  return mx;
+}
+
+// out[i] = exp(row[i] - mx); returns their sum (double): the stable form of log-sum-exp.
+// `out` may be `row`.
+double shifted_exp(float* out, const float* row, int64_t V, float mx) {
+  for (int64_t i = 0; i < V; ++i) out[i] = row[i] - mx;
+  return exp_inplace(out, V);
 }
 
 void check_target(int32_t target, int64_t t, int64_t V) {
@@ -37,12 +41,12 @@ double cross_entropy_forward(const float* logits, const int32_t* targets, int64_
   // Per-row losses summed afterwards in row order: the total is the same for any thread count.
   std::vector<double> row_loss(static_cast<size_t>(T), 0.0);
   parallel_for(T, [&](int64_t begin, int64_t end, int) {
+    std::vector<float> scratch(static_cast<size_t>(V));
     for (int64_t t = begin; t < end; ++t) {
       if (targets[t] < 0) continue;
       const float* row = logits + t * V;
-      float mx;
-      double sum;
-      row_stats(row, V, &mx, &sum);
+      const float mx = row_max(row, V);
+      const double sum = shifted_exp(scratch.data(), row, V, mx);
       row_loss[t] = std::log(sum) + double(mx) - double(row[targets[t]]);
     }
   });
@@ -62,14 +66,12 @@ void cross_entropy_backward(float* dlogits, const float* logits, const int32_t* 
         std::fill(drow, drow + V, 0.f);
         continue;
       }
+      // Each element is read before it is written: dlogits may be logits.
       const float* row = logits + t * V;
-      float mx;
-      double sum;
-      row_stats(row, V, &mx, &sum);
-      // Everything that reads the row happens before the first write: dlogits may be logits.
-      const double inv = 1.0 / sum;
-      for (int64_t i = 0; i < V; ++i)
-        drow[i] = static_cast<float>(double(scale) * std::exp(double(row[i] - mx)) * inv);
+      const float mx = row_max(row, V);
+      const double sum = shifted_exp(drow, row, V, mx);
+      const float f = static_cast<float>(double(scale) / sum);
+      for (int64_t i = 0; i < V; ++i) drow[i] *= f;
       drow[target] -= scale;
     }
   });
