@@ -14,6 +14,7 @@
 #include "common/rng.hpp"
 #include "formats/safetensors.hpp"
 #include "formats/shard.hpp"
+#include "train/files.hpp"
 
 namespace lora_test {
 
@@ -29,12 +30,28 @@ struct TinyModelSpec {
   std::string misshape;
 };
 
+// Removes every folder made by make_temp_dir when the test binary exits (keep them for
+// debugging with LORA_KEEP_TEST_DIRS=1).
+struct TempDirs {
+  std::vector<std::string> dirs;
+  ~TempDirs() {
+    if (std::getenv("LORA_KEEP_TEST_DIRS")) return;
+    for (const auto& d : dirs) lora::remove_tree(d);
+  }
+};
+inline TempDirs& temp_dirs() {
+  static TempDirs t;
+  return t;
+}
+
 inline std::string make_temp_dir(const std::string& tag) {
   std::string t = "/tmp/lora-test-" + tag + "-XXXXXX";
   std::vector<char> buf(t.begin(), t.end());
   buf.push_back(0);
   const char* d = mkdtemp(buf.data());
-  return d ? std::string(d) : std::string();
+  if (!d) return std::string();
+  temp_dirs().dirs.push_back(d);
+  return std::string(d);
 }
 
 inline void write_text(const std::string& path, const std::string& text) {

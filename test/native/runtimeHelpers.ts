@@ -15,8 +15,18 @@ export function runtimeBuilt(): boolean {
   return fs.existsSync(RUNTIME);
 }
 
+const created: string[] = [];
+// Temporary run folders and models go away when the test file's process ends (keep them
+// for debugging with LORA_KEEP_TEST_DIRS=1).
+process.on('exit', () => {
+  if (process.env.LORA_KEEP_TEST_DIRS) return;
+  for (const d of created) fs.rmSync(d, { recursive: true, force: true });
+});
+
 export function tmpDir(tag: string): string {
-  return fs.mkdtempSync(path.join(os.tmpdir(), `lora-native-${tag}-`));
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), `lora-native-${tag}-`));
+  created.push(dir);
+  return dir;
 }
 
 export interface RuntimeEvent {
