@@ -65,6 +65,7 @@ test('a tiny model with LoRA memorises a small dataset; events are complete and 
   assert.equal(hello.type, 'hello');
   assert.equal(hello.protocol, 1);
   assert.equal((hello.device as { kind: string }).kind, 'cpu');
+  assert.ok(Number.isInteger(hello.pid) && (hello.pid as number) > 0);
   const model = r.events.find((e) => e.type === 'model')!;
   assert.equal(model.arch, 'llama');
   assert.equal(model.quant, 'none');

@@ -13,7 +13,12 @@ namespace lora {
 
 namespace {
 volatile std::sig_atomic_t g_signal = 0;
-extern "C" void on_stop_signal(int sig) { g_signal = sig; }
+// The first SIGINT/SIGTERM asks for a graceful stop; a second one (an impatient Ctrl-C)
+// exits at once, as shells users expect.
+extern "C" void on_stop_signal(int sig) {
+  if (g_signal != 0) _exit(128 + sig);
+  g_signal = sig;
+}
 }  // namespace
 
 Control::~Control() { finish(); }

@@ -1,6 +1,8 @@
 #include "train/trainer.hpp"
 
 #include <algorithm>
+#include <unistd.h>
+
 #include <chrono>
 #include <cmath>
 #include <thread>
@@ -76,6 +78,9 @@ int run_train(const std::string& run_dir_arg, bool resume, EventSink& events, Tr
     hello.set("runtime", kRuntimeVersion);
     hello.set("protocol", kProtocolVersion);
     hello.set("device", dev);
+    // Lets a reader of events.jsonl (the extension after a window reload) check that the
+    // process writing it is still alive.
+    hello.set("pid", static_cast<int64_t>(getpid()));
     events.emit("hello", hello);
   }
 
