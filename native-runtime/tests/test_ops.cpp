@@ -743,6 +743,19 @@ TEST(swiglu_forward_and_backward) {
   // silu is smooth with |silu'''| < 1: h = 1e-2 gives truncation < 2e-5. Linear in u.
   check_gradient("swiglu dg", g.data(), dg.data(), n, loss, 1e-2, 2e-4, 2e-3);
   check_gradient("swiglu du", u.data(), du.data(), n, loss, 0.5, 1e-5, 1e-4);
+
+  // Saturated gates stay finite: silu(-100) ~ 0, silu(100) = 100.
+  const float ge[3] = {-100.f, 100.f, 0.f}, ue[3] = {2.f, 2.f, 2.f};
+  float he[3], dge[3], due[3];
+  const float ones[3] = {1.f, 1.f, 1.f};
+  swiglu_forward(he, ge, ue, 3);
+  swiglu_backward(dge, due, ones, ge, ue, 3);
+  CHECK_NEAR(he[0], 0.0, 1e-30, 0);
+  CHECK_NEAR(he[1], 200.0, 0, 1e-6);
+  CHECK_EQ(he[2], 0.f);
+  CHECK_NEAR(dge[1], 2.0, 0, 1e-6);
+  CHECK_NEAR(due[0], 0.0, 1e-30, 0);
+  CHECK_NEAR(dge[2], 1.0, 0, 1e-6);  // silu'(0) = 1/2, times u = 2
 }
 
 TEST(cross_entropy_forward_backward_and_ignored_targets) {

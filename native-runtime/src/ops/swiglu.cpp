@@ -1,13 +1,16 @@
 #include "ops/swiglu.hpp"
 
-#include <cmath>
+#include <algorithm>
 
 #include "common/threadpool.hpp"
+#include "ops/vexp.hpp"
 
 namespace lora {
 
 namespace {
 constexpr int64_t kParallelMinElements = 1 << 15;
+// Elements per batch of exponentials (a stack buffer).
+constexpr int64_t kBatch = 256;
 
 template <typename Fn>
 void elementwise(int64_t n, Fn fn) {
@@ -18,24 +21,40 @@ void elementwise(int64_t n, Fn fn) {
   parallel_for(n, [&](int64_t begin, int64_t end, int) { fn(begin, end); });
 }
 
-inline float sigmoid(float g) { return 1.0f / (1.0f + std::exp(-g)); }
+// s[i] = sigmoid(g[i]) = 1 / (1 + exp(-g[i])) for i < n (n <= kBatch), with the
+// exponentials vectorised.
+void sigmoid_batch(float* s, const float* g, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) s[i] = -g[i];
+  exp_inplace(s, n);
+  for (int64_t i = 0; i < n; ++i) s[i] = 1.0f / (1.0f + s[i]);
+}
 }  // namespace
 
 void swiglu_forward(float* h, const float* g, const float* u, int64_t n) {
   elementwise(n, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) h[i] = g[i] * sigmoid(g[i]) * u[i];
+    float s[kBatch];
+    for (int64_t i0 = begin; i0 < end; i0 += kBatch) {
+      const int64_t m = std::min(kBatch, end - i0);
+      sigmoid_batch(s, g + i0, m);
+      for (int64_t i = 0; i < m; ++i) h[i0 + i] = g[i0 + i] * s[i] * u[i0 + i];
+    }
   });
 }
 
-// silu'(g) = s + g s (1 - s) with s = sigmoid(g).
+// silu'(g) = s + g s (1 - s) with s = sigmoid(g). Element i is read before it is written, so
+// dg may alias g and du may alias u.
 void swiglu_backward(float* dg, float* du, const float* dh, const float* g, const float* u, int64_t n) {
   elementwise(n, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      const float s = sigmoid(g[i]);
-      const float silu = g[i] * s;
-      const float d = dh[i];
-      dg[i] = d * u[i] * (s + silu * (1.0f - s));
-      du[i] = d * silu;
+    float s[kBatch];
+    for (int64_t i0 = begin; i0 < end; i0 += kBatch) {
+      const int64_t m = std::min(kBatch, end - i0);
+      sigmoid_batch(s, g + i0, m);
+      for (int64_t i = 0; i < m; ++i) {
+        const float gi = g[i0 + i], ui = u[i0 + i], d = dh[i0 + i], si = s[i];
+        const float silu = gi * si;
+        dg[i0 + i] = d * ui * (si + silu * (1.0f - si));
+        du[i0 + i] = d * silu;
+      }
     }
   });
 }
