@@ -95,6 +95,12 @@ int run_train(const std::string& run_dir_arg, bool resume, EventSink& events, Tr
   if (cfg.dtype != "fp32")
     events.log("info", "compute.dtype " + cfg.dtype + ": the CPU path computes in fp32 (same results, more memory)");
 
+  // The shards are checked before the (possibly long) model load, so bad data fails fast.
+  const uint32_t model_vocab = static_cast<uint32_t>(load_model_config(cfg.model).vocab_size);
+  const TokenShard train_shard = read_shard(cfg.data_train, model_vocab);
+  TokenShard eval_shard;
+  if (!cfg.data_eval.empty()) eval_shard = read_shard(cfg.data_eval, model_vocab);
+
   events.log("info", "loading " + cfg.model + " (" + quant_name(cfg.quant.type) + ")");
   const Model model = load_model(cfg.model, cfg.quant);
   if (model.cfg.sliding_window > 0 && cfg.seq_len > model.cfg.sliding_window)
@@ -132,7 +138,6 @@ int run_train(const std::string& run_dir_arg, bool resume, EventSink& events, Tr
     events.emit("model", m);
   }
 
-  const TokenShard train_shard = read_shard(cfg.data_train, static_cast<uint32_t>(model.cfg.vocab_size));
   const PackedRows train_rows = pack_shard(train_shard, cfg.seq_len);
   if (train_rows.total_targets == 0)
     throw InputError("config_field", "the training shard has no target tokens (every loss_mask is 0)", cfg.data_train,
@@ -141,10 +146,7 @@ int run_train(const std::string& run_dir_arg, bool resume, EventSink& events, Tr
     events.log("warning", std::to_string(train_rows.split_documents) + " training documents are longer than seq_len " +
                               std::to_string(cfg.seq_len) + " and were split into pieces");
   PackedRows eval_rows;
-  if (!cfg.data_eval.empty()) {
-    const TokenShard eval_shard = read_shard(cfg.data_eval, static_cast<uint32_t>(model.cfg.vocab_size));
-    eval_rows = pack_shard(eval_shard, cfg.seq_len);
-  }
+  if (!cfg.data_eval.empty()) eval_rows = pack_shard(eval_shard, cfg.seq_len);
   const bool has_eval = eval_rows.total_targets > 0;
   const StepPlan plan = plan_steps(train_rows.rows, cfg.micro_batch, cfg.grad_accum, cfg.epochs, cfg.max_steps);
   {
