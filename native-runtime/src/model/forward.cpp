@@ -61,6 +61,10 @@ struct Pass {
 
   const float* weight(int64_t layer, int module) {
     const QuantizedMatrix& W = model.layers[layer].linear[module];
+    // An unquantized fp32 checkpoint is used in place: copying it would only cost bandwidth.
+    if (W.type == QuantType::None && W.stored_dtype == DType::F32 &&
+        W.raw.size() == static_cast<size_t>(W.rows * W.cols) * sizeof(float))
+      return reinterpret_cast<const float*>(W.raw.data());
     float* w = sized(ws.w, model.max_linear_numel());
     dequantize_rows(W, 0, W.rows, w);
     return w;
