@@ -2,15 +2,16 @@
 //  1. B is packed into NR-column panels (and a transposed A into MR-row panels), K split into
 //     KC blocks, so the micro-kernel streams its operands with unit stride whatever the
 //     transposition; a row-major A is already read with unit stride and is used in place.
-//  2. The output is cut into tiles; the thread pool hands each thread a contiguous range of
-//     tiles. Every C element is computed by one thread, summing its K blocks in ascending
-//     order with the same micro-kernel, so the bits do not depend on the thread count or
-//     on the tile sizes (which are chosen per call for load balance).
+//  2. The output is cut into tiles, which the pool's threads claim one at a time. Every C
+//     element is computed by one thread, summing its K blocks in ascending order with the
+//     same micro-kernel, so the bits depend neither on the thread count, nor on which thread
+//     took which tile, nor on the tile sizes (chosen per call for load balance).
 //  3. The micro-kernel keeps an MR x NR block of C in registers (AVX2+FMA: 6 x 16 in twelve
 //     ymm accumulators) and applies alpha and the accumulate flag once per K block.
 #include "ops/matmul.hpp"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -307,13 +308,22 @@ void gemm(float* C, const float* A, Layout a_layout, const float* B, Layout b_la
       pack_a ? t_pack_a.reserve(static_cast<size_t>(((mc_max + MR - 1) / MR) * MR * kc_max)) : nullptr;
   float* b_pack = t_pack_b.reserve(static_cast<size_t>(((nc_max + NR - 1) / NR) * NR * kc_max));
 
-  // Generic, so that the single-threaded path calls the body directly (inlined).
+  // Runs fn(begin, end) over [0, items). With several threads the items (panels to pack,
+  // tiles to compute) are claimed one at a time from a shared counter: which thread does an
+  // item does not change its result, and a thread the OS has not scheduled yet leaves its
+  // share to the others instead of holding up the whole product. Generic, so that the
+  // single-threaded path calls the body directly (inlined).
   auto run = [&](int64_t items, const auto& fn) {
-    if (threads == 1) {
-      fn(0, items, 0);
-    } else {
-      parallel_for(items, fn);
+    if (threads == 1 || items == 1) {
+      fn(0, items);
+      return;
     }
+    std::atomic<int64_t> next{0};
+    parallel_for(std::min<int64_t>(threads, items), [&](int64_t, int64_t, int) {
+      for (int64_t item = next.fetch_add(1, std::memory_order_relaxed); item < items;
+           item = next.fetch_add(1, std::memory_order_relaxed))
+        fn(item, item + 1);
+    });
   };
 
   for (int64_t jc = 0; jc < N; jc += NC_BLOCK) {
@@ -331,7 +341,7 @@ void gemm(float* C, const float* A, Layout a_layout, const float* B, Layout b_la
         // floats are 64 bytes) and read with aligned loads; A panels are only broadcast from.
         const int64_t a_items = pack_a ? m_panels : 0;
         const int64_t b_items = ic == 0 ? n_panels : 0;
-        run(a_items + b_items, [&](int64_t begin, int64_t end, int) {
+        run(a_items + b_items, [&](int64_t begin, int64_t end) {
           for (int64_t item = begin; item < end; ++item) {
             for (int64_t s = 0; s < k_slices; ++s) {
               const int64_t k0 = s * KC;
@@ -349,7 +359,7 @@ void gemm(float* C, const float* A, Layout a_layout, const float* B, Layout b_la
         });
 
         // Tile shape: start from 16 x 16 panels (96 x 256) and halve until there are enough
-        // tiles for an even static split; the result is the same for any tile shape.
+        // tiles to balance the threads; the result is the same for any tile shape.
         int64_t tile_m = 16, tile_n = 16;
         auto tile_count = [&] {
           return ((m_panels + tile_m - 1) / tile_m) * ((n_panels + tile_n - 1) / tile_n);
@@ -365,9 +375,9 @@ void gemm(float* C, const float* A, Layout a_layout, const float* B, Layout b_la
         const int64_t m_tiles = (m_panels + tile_m - 1) / tile_m;
         const int64_t n_tiles = (n_panels + tile_n - 1) / tile_n;
 
-        // Tiles are numbered column-block major so that a thread's consecutive tiles share the
-        // same packed B columns, which then stay in its L2.
-        run(m_tiles * n_tiles, [&](int64_t begin, int64_t end, int) {
+        // Tiles are numbered column-block major so that tiles claimed close in time share the
+        // same packed B columns.
+        run(m_tiles * n_tiles, [&](int64_t begin, int64_t end) {
           for (int64_t tile = begin; tile < end; ++tile) {
             const int64_t tn = tile / m_tiles, tm = tile % m_tiles;
             const int64_t ip0 = tm * tile_m, ip1 = std::min(m_panels, ip0 + tile_m);
