@@ -3,10 +3,12 @@
 // It follows transformers' LlamaForCausalLM: RMSNorm, rotate_half RoPE, GQA, SwiGLU, optional
 // q/k/v bias, tied head; a PEFT adapter is applied as W + (alpha / r) B A (alpha / sqrt(r) for rsLoRA).
 import * as fs from 'node:fs';
+import { spawnSync } from 'node:child_process';
 import * as path from 'node:path';
 import { openHfModel, scaledInvFreq } from '../../src/core/export/hfModel';
 import { readSafetensorsHeader, readTensorF32, TensorToWrite, writeSafetensors } from '../../src/core/model/safetensors';
 import { Rng, hashString } from '../../src/core/fixtures/rng';
+import { bundledRuntimePath } from '../../src/core/runtime/locate';
 
 export const MODULES = ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj'] as const;
 const PARENT: Record<string, string> = { q_proj: 'self_attn', k_proj: 'self_attn', v_proj: 'self_attn', o_proj: 'self_attn', gate_proj: 'mlp', up_proj: 'mlp', down_proj: 'mlp' };
@@ -155,4 +157,40 @@ export function referenceLogits(modelDir: string, tokens: readonly number[], ada
   const head = Float64Array.from(model.has('lm_head.weight') ? model.read('lm_head.weight', [V, E]) : emb);
   const logits = linear(xn, head, V, E);
   return Array.from({ length: n }, (_, t) => logits.subarray(t * V, (t + 1) * V));
+}
+
+/** The runtime binary when it offers `command` (per its usage text), else a skip reason. */
+export function runtimeWith(command: string): { runtime: string; skip: false } | { runtime: null; skip: string } {
+  const runtime = process.env.LORA_STUDIO_RUNTIME || bundledRuntimePath(path.resolve(__dirname, '..', '..', '..'));
+  if (!fs.existsSync(runtime)) return { runtime: null, skip: `lora-runtime not built (${runtime}); run npm run build:native` };
+  const r = spawnSync(runtime, ['--help'], { encoding: 'utf8', timeout: 30_000 });
+  const usage = `${r.stdout ?? ''}${r.stderr ?? ''}`;
+  if (!new RegExp(`^\\s*lora-runtime ${command}\\b`, 'm').test(usage)) {
+    return { runtime: null, skip: `this lora-runtime has no "${command}" command yet (not in its --help usage)` };
+  }
+  return { runtime, skip: false };
+}
+
+/** `lora-runtime logits`: the runtime's own logits for one sequence. */
+export function runtimeLogits(runtime: string, modelDir: string, tokens: readonly number[], adapterDir?: string): number[][] {
+  const args = ['logits', '--model', modelDir, '--tokens', tokens.join(','), '--quant', 'none'];
+  if (adapterDir) args.push('--adapter', adapterDir);
+  const r = spawnSync(runtime, args, { encoding: 'utf8', timeout: 180_000, killSignal: 'SIGKILL', maxBuffer: 1 << 28 });
+  if (r.status !== 0) throw new Error(`lora-runtime ${args.join(' ')} exited ${r.status}: ${r.stderr}${r.stdout}`);
+  const lines = r.stdout.trim().split('\n');
+  const parsed = JSON.parse(lines[lines.length - 1]) as { logits: number[][] };
+  return parsed.logits;
+}
+
+export function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  if (a.length !== b.length) throw new Error(`length ${a.length} vs ${b.length}`);
+  let m = 0;
+  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i] - b[i]));
+  return m;
+}
+
+export function argmax(a: ArrayLike<number>): number {
+  let best = 0;
+  for (let i = 1; i < a.length; i++) if (a[i] > a[best]) best = i;
+  return best;
 }
