@@ -38,6 +38,9 @@ interface ActiveRun {
   events: RuntimeEvent[];
   chartEvents: ChartEvent[];
   adapter?: string;
+  /** Why it failed (the runtime's error event), shown again when the panel reloads. */
+  message?: string;
+  hint?: string;
   tail: EventsTail;
   watcher: FSWatcher | null;
   process: ManagedProcess | null;
@@ -102,7 +105,7 @@ export class TrainingController implements TrainingHost, vscode.Disposable {
     const r = this.active ?? this.viewed;
     if (!r) return null;
     return { runId: r.runId, label: r.label, live: r.live && r.status === 'running', events: r.chartEvents, status: r.status,
-             ...(r.adapter ? { adapter: r.adapter } : {}) };
+             ...(r.adapter ? { adapter: r.adapter } : {}), ...(r.message ? { message: r.message } : {}), ...(r.hint ? { hint: r.hint } : {}) };
   }
 
   async device(): Promise<DeviceInfo | null> {
@@ -379,6 +382,8 @@ export class TrainingController implements TrainingHost, vscode.Disposable {
     const lastError = [...run.events].reverse().find((e): e is ErrorEvent & RuntimeEvent => e.type === 'error');
     const message = status === 'failed' ? lastError?.message ?? failureWithoutEvent(code, why) : undefined;
     const hint = status === 'failed' ? lastError?.hint ?? (lastError ? undefined : 'See the runtime log for details.') : undefined;
+    run.message = message;
+    run.hint = hint;
     this.ui?.post({ type: 'runEnded', runId: run.runId, status, ...(adapter ? { adapter } : {}), ...(message ? { message } : {}), ...(hint ? { hint } : {}) });
     this.statusBar.hide();
     if (this.active === run) {
@@ -455,6 +460,10 @@ export class TrainingController implements TrainingHost, vscode.Disposable {
     const status: RunStatus = s.status === 'completed' || s.status === 'stopped' || s.status === 'failed' ? s.status : s.status === 'running' ? 'running' : 'stopped';
     run.status = status;
     if (s.adapter) run.adapter = s.adapter;
+    if (s.error) {
+      run.message = s.error.message;
+      run.hint = s.error.hint;
+    }
     this.viewed = run;
     this.ui?.reveal();
     this.ui?.post({ type: 'runStarted', runId: run.runId, label: run.label, live: false });

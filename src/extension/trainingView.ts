@@ -19,7 +19,7 @@ export interface TrainingHost {
   revealAdapter(runId: string): Promise<void>;
   showLog(): void;
   /** The run the panel should show (live or the last opened), with its events so far. */
-  currentRun(): { runId: string; label: string; live: boolean; events: ChartEvent[]; status: RunStatus; adapter?: string } | null;
+  currentRun(): { runId: string; label: string; live: boolean; events: ChartEvent[]; status: RunStatus; adapter?: string; message?: string; hint?: string } | null;
   device(): Promise<DeviceInfo | null>;
   /** Starts watching a dataset file (re-validation and Problems panel). */
   watchDataset(file: string): void;
@@ -201,7 +201,8 @@ export class TrainingViewProvider implements vscode.WebviewViewProvider, vscode.
       void this.view?.webview.postMessage({ type: 'runStarted', runId: run.runId, label: run.label, live: run.live } satisfies HostMessage);
       if (run.events.length) void this.view?.webview.postMessage({ type: 'events', runId: run.runId, events: run.events } satisfies HostMessage);
       if (run.status !== 'running') {
-        void this.view?.webview.postMessage({ type: 'runEnded', runId: run.runId, status: run.status, ...(run.adapter ? { adapter: run.adapter } : {}) } satisfies HostMessage);
+        void this.view?.webview.postMessage({ type: 'runEnded', runId: run.runId, status: run.status, ...(run.adapter ? { adapter: run.adapter } : {}),
+                                              ...(run.message ? { message: run.message } : {}), ...(run.hint ? { hint: run.hint } : {}) } satisfies HostMessage);
       }
     }
     if (config.model && !this.model) await this.loadModel(config.model);

@@ -23,7 +23,7 @@ const require = createRequire(import.meta.url);
 const outDir = path.join(root, 'test-output', 'integration');
 const shots = path.join(root, 'test-output', 'screenshots');
 const CHROMIUM = '/usr/bin/chromium';
-const TESTS = 9;
+const TESTS = 10;
 const OVERALL_TIMEOUT_MS = 9 * 60_000;
 
 function finish(passed, failed, skipped, note) {
@@ -84,6 +84,13 @@ writeFileSync(path.join(ws, '.vscode', 'settings.json'), JSON.stringify({
   'loraStudio.runtimePath': runtime,
 }, null, 2));
 
+// A runtime that rejects its run.json (the core's fake runtime with FAKE_FAIL=config), for
+// the failure-reporting test.
+const { writeFakeRuntime } = require(path.join(root, 'out', 'src', 'core', 'fixtures', 'fakeRuntime.js'));
+const fake = writeFakeRuntime(path.join(outDir, 'fake-runtime'));
+const failingRuntime = path.join(outDir, 'fake-runtime', 'failing-runtime');
+writeFileSync(failingRuntime, `#!/bin/sh\nFAKE_FAIL=config exec "${fake}" "$@"\n`, { mode: 0o755 });
+
 const userData = path.join(outDir, 'user-data');
 mkdirSync(path.join(userData, 'User'), { recursive: true });
 writeFileSync(path.join(userData, 'User', 'settings.json'), JSON.stringify({
@@ -109,7 +116,7 @@ const serverLog = [];
 const server = spawn(node24, [entry, '--config', configFile, '--auth', 'none', '--bind-addr', `127.0.0.1:${port}`,
   '--disable-workspace-trust', '--disable-telemetry', '--disable-update-check', '--user-data-dir', userData,
   '--extensions-dir', extensionsDir, '--vscode-option', 'enable-smoke-test-driver', ws], {
-  env: { ...process.env, LORA_STUDIO_IT_RESULTS: resultsFile, ONNXRUNTIME_NODE_INSTALL: 'skip' },
+  env: { ...process.env, LORA_STUDIO_IT_RESULTS: resultsFile, LORA_STUDIO_IT_FAILING_RUNTIME: failingRuntime, ONNXRUNTIME_NODE_INSTALL: 'skip' },
   stdio: ['ignore', 'pipe', 'pipe'],
   detached: true,
 });

@@ -156,6 +156,30 @@ describe('LoRA Studio in VS Code', () => {
     assert.equal(lines.filter((l) => l.type === 'done').length, 2, 'the resumed session appended its own done event');
   });
 
+  it("reports a runtime failure with the runtime's own message and hint", async () => {
+    const failing = process.env.LORA_STUDIO_IT_FAILING_RUNTIME;
+    assert.ok(failing, 'run.mjs provides a runtime that rejects its config');
+    const settings = vscode.workspace.getConfiguration('loraStudio');
+    const real = settings.get<string>('runtimePath');
+    await settings.update('runtimePath', failing, vscode.ConfigurationTarget.Workspace);
+    try {
+      const root = workspaceRoot();
+      const c = applyPreset(defaultConfig(), 'cpu-quick');
+      c.model = path.join(root, 'models', 'tiny');
+      c.data = path.join(root, 'data', 'chat.jsonl');
+      const id = await api.training.start(c);
+      assert.ok(id);
+      await waitFor('the failure', () => api.training.currentRun()?.runId === id && api.training.currentRun()?.status === 'failed', 60_000);
+      const cur = api.training.currentRun()!;
+      assert.equal(cur.message, 'lora.r must be at most 64 for this model');
+      assert.equal(cur.hint, 'use r <= 64');
+      const listed = (await api.runs.list()).find((r) => r.id === id);
+      assert.equal(listed?.status, 'failed');
+    } finally {
+      await settings.update('runtimePath', real, vscode.ConfigurationTarget.Workspace);
+    }
+  });
+
   it('re-validates a dataset when it changes and shows its problems with line numbers', async () => {
     const file = path.join(workspaceRoot(), 'data', 'broken.jsonl');
     const good = '{"messages":[{"role":"user","content":"hi"},{"role":"assistant","content":"hello"}]}';
