@@ -4,6 +4,7 @@
 
 import { moduleLoadStart } from './activationClock';
 import * as vscode from 'vscode';
+import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { DatasetWatcher } from './datasetWatcher';
 import { OutputLog } from './log';
@@ -48,7 +49,14 @@ export function activate(context: vscode.ExtensionContext): LoraStudioApi {
 
   const pickRun = async (arg: unknown, prompt: string, filter: (r: RunItem['run']) => boolean = () => true): Promise<string | null> => {
     if (arg instanceof RunItem) return arg.run.dir;
-    if (typeof arg === 'string') return arg;
+    if (typeof arg === 'string') {
+      // Another extension (or a test) may name a run folder: only one under the runs folder.
+      const root = runsRoot();
+      const dir = path.resolve(arg);
+      if (root && path.dirname(dir) === path.resolve(root) && fs.existsSync(path.join(dir, 'run.json'))) return dir;
+      void vscode.window.showWarningMessage(`LoRA Studio: ${arg} is not a run folder in ${root ?? 'the runs folder'}.`);
+      return null;
+    }
     const selected = runsView.selection.find((s): s is RunItem => s instanceof RunItem);
     if (selected && filter(selected.run)) return selected.run.dir;
     const list = (await runs.list()).filter(filter);

@@ -7,7 +7,7 @@ import * as vscode from 'vscode';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { FSWatcher } from 'chokidar';
-import { toChartEvent, type ChartEvent, type DeviceInfo, type PanelConfig, type RunStatus } from '../../webview/protocol';
+import { toChartEvent, type ChartEvent, type DeviceInfo, type HostMessage, type PanelConfig, type RunStatus } from '../../webview/protocol';
 import type { TrainConfig } from '../core/config';
 import type { RuntimeEvent, ErrorEvent } from '../core/runtime/events';
 import type { CancellationTokenSource, ManagedProcess } from '../core/runtime/process';
@@ -25,7 +25,7 @@ const STOP_TIMEOUT_MS = 30_000;
 const KILL_TIMEOUT_MS = 10_000;
 
 export interface TrainingUi {
-  post(m: import('../../webview/protocol').HostMessage): void;
+  post(m: HostMessage): void;
   reveal(): void;
 }
 
@@ -545,8 +545,4 @@ async function stopForeign(pid: number, ended: () => boolean): Promise<void> {
   } catch {
     // already gone
   }
-}
-
-export function hasRunJson(dir: string): boolean {
-  return coreRuns().readRunJson(dir) !== null;
 }
