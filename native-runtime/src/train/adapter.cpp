@@ -75,8 +75,11 @@ bool parse_key(const std::string& key, int64_t& layer, int& module, bool& is_a) 
   const std::string rest = key.substr(j + 1);
   for (int m = 0; m < kNumModules; ++m) {
     const std::string base = std::string(module_is_attention(m) ? "self_attn." : "mlp.") + module_name(m);
-    if (rest == base + ".lora_A.weight") return module = m, is_a = true, true;
-    if (rest == base + ".lora_B.weight") return module = m, is_a = false, true;
+    if (rest == base + ".lora_A.weight" || rest == base + ".lora_B.weight") {
+      module = m;
+      is_a = rest == base + ".lora_A.weight";
+      return true;
+    }
   }
   return false;
 }

@@ -23,7 +23,7 @@ void write_adapter(const std::string& dir, const LoraState& lora, const std::str
 LoraState read_adapter(const std::string& dir, const Model& model);
 
 // Loads an adapter into an existing layout (run.json's lora.init_adapter): r and the
-// target modules must match. `field` names the run.json field for errors.
+// target modules must match; errors name run.json (`run_file`) and its field lora.init_adapter.
 void load_adapter_into(const std::string& dir, const Model& model, LoraState& lora, const std::string& run_file);
 
 }  // namespace lora

@@ -20,7 +20,8 @@ struct TrainProgress {
 // std::bad_alloc or other exceptions for main() to report.
 int run_train(const std::string& run_dir, bool resume, EventSink& events, TrainProgress& progress);
 
-// Mean loss of `model` (+ optional adapter) over the targets of a shard, for `lora-runtime eval`.
+// `lora-runtime eval`: the mean loss of the model (with an optional PEFT adapter) over the
+// targets of a shard, packed as for training, without dropout.
 struct EvalOptions {
   std::string model, adapter, data;
   std::string quant = "none";
@@ -32,7 +33,7 @@ struct EvalResult {
   int64_t tokens = 0;       // target tokens scored
   int64_t documents_split = 0;
 };
-// Throws InputError for bad inputs (field names the command-line option).
+// Throws InputError for bad inputs (the model, the adapter, the shard, or --quant).
 EvalResult run_eval(const EvalOptions& opt);
 
 }  // namespace lora
