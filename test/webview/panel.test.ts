@@ -218,6 +218,32 @@ describe('training panel (headless Chromium)', { skip }, () => {
     await page.close();
   });
 
+  it('picks a model from the Hugging Face cache and asks for Hub downloads only with a valid id', async () => {
+    const { page } = await openPanel(browser, server.url, 'dark');
+    await send(page, initMessage());
+    await settle(page);
+    assert.equal(await page.locator('#cached-models vscode-option').count(), 2, 'a placeholder and the cached model');
+    await page.evaluate(() => {
+      const dd = (globalThis as any).document.getElementById('cached-models');
+      dd.value = '/home/u/.cache/huggingface/hub/models--org--tiny/snapshots/abc';
+      dd.dispatchEvent(new (globalThis as any).Event('change'));
+    });
+    await page.fill('#hub-id input', 'not a repo id');
+    await page.click('#download-model');
+    assert.match(await page.textContent('#notice') ?? '', /Hub model id like org\/name/);
+    await page.fill('#hub-id input', 'HuggingFaceTB/SmolLM2-135M-Instruct');
+    await page.click('#download-model');
+    await send(page, { type: 'downloadProgress', repoId: 'HuggingFaceTB/SmolLM2-135M-Instruct', file: 'model.safetensors', bytes: 50 * 2 ** 20, totalBytes: 270 * 2 ** 20, done: false });
+    await settle(page);
+    assert.equal(await page.textContent('#download-status'), 'Downloading HuggingFaceTB/SmolLM2-135M-Instruct: model.safetensors 50.0 MB of 270 MB');
+    const sent = (await posted(page)).filter((m) => m.type === 'selectCachedModel' || m.type === 'downloadModel');
+    assert.deepEqual(sent, [
+      { type: 'selectCachedModel', path: '/home/u/.cache/huggingface/hub/models--org--tiny/snapshots/abc' },
+      { type: 'downloadModel', repoId: 'HuggingFaceTB/SmolLM2-135M-Instruct' },
+    ]);
+    await page.close();
+  });
+
   it('rejects invalid host messages without changing the panel', async () => {
     const { page } = await openPanel(browser, server.url, 'dark');
     await send(page, initMessage());
