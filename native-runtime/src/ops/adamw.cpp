@@ -5,21 +5,9 @@
 #include <vector>
 
 #include "common/threadpool.hpp"
+#include "ops/elementwise.hpp"
 
 namespace lora {
-
-namespace {
-constexpr int64_t kParallelMinElements = 1 << 15;
-
-template <typename Fn>
-void elementwise(int64_t n, Fn fn) {
-  if (n < kParallelMinElements) {
-    fn(0, n);
-    return;
-  }
-  parallel_for(n, [&](int64_t begin, int64_t end, int) { fn(begin, end); });
-}
-}  // namespace
 
 // As torch.optim.AdamW (foreach=False): decay first, p *= 1 - lr * wd; then
 // p -= (lr / bc1) * m / (sqrt(v) / sqrt(bc2) + eps), with bc_i = 1 - beta_i^step.
@@ -60,7 +48,7 @@ double sum_squares(const float* x, int64_t n) {
       partial[b] = s;
     }
   };
-  if (n < kParallelMinElements) {
+  if (n < kElementwiseParallelMin) {
     body(0, blocks);
   } else {
     parallel_for(blocks, [&](int64_t begin, int64_t end, int) { body(begin, end); });

@@ -5,6 +5,7 @@
 
 #include "common/rng.hpp"
 #include "common/threadpool.hpp"
+#include "ops/elementwise.hpp"
 #include "ops/matmul.hpp"
 
 namespace lora {
@@ -21,18 +22,6 @@ thread_local std::vector<float> t_h;
 thread_local std::vector<float> t_u;
 thread_local std::vector<float> t_du;
 thread_local std::vector<float> t_dh;
-
-// Below this size an element-wise pass is cheaper inline than through the pool.
-constexpr int64_t kParallelMinElements = 1 << 15;
-
-template <typename Fn>
-void elementwise(int64_t n, Fn fn) {
-  if (n < kParallelMinElements) {
-    fn(0, n);
-    return;
-  }
-  parallel_for(n, [&](int64_t begin, int64_t end, int) { fn(begin, end); });
-}
 
 float keep_scale(float p) { return p > 0.f ? 1.0f / (1.0f - p) : 1.0f; }
 
@@ -57,7 +46,7 @@ void linear_forward(float* y, const float* x, const float* W0, const float* bias
         for (int64_t j = 0; j < out; ++j) row[j] += bias[j];
       }
     };
-    if (T * out < kParallelMinElements) {
+    if (T * out < kElementwiseParallelMin) {
       add_bias(0, T);
     } else {
       parallel_for(T, [&](int64_t begin, int64_t end, int) { add_bias(begin, end); });

@@ -3,23 +3,14 @@
 #include <algorithm>
 
 #include "common/threadpool.hpp"
+#include "ops/elementwise.hpp"
 #include "ops/vexp.hpp"
 
 namespace lora {
 
 namespace {
-constexpr int64_t kParallelMinElements = 1 << 15;
 // Elements per batch of exponentials (a stack buffer).
 constexpr int64_t kBatch = 256;
-
-template <typename Fn>
-void elementwise(int64_t n, Fn fn) {
-  if (n < kParallelMinElements) {
-    fn(0, n);
-    return;
-  }
-  parallel_for(n, [&](int64_t begin, int64_t end, int) { fn(begin, end); });
-}
 
 // s[i] = sigmoid(g[i]) = 1 / (1 + exp(-g[i])) for i < n (n <= kBatch), with the
 // exponentials vectorised.
