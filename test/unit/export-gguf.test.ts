@@ -4,7 +4,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { writeTinyModel } from '../../src/core/fixtures/tinyModel';
 import { readModelWeights, readSafetensorsHeader, readTensorF32, readTensorBytes } from '../../src/core/model/safetensors';
@@ -13,15 +12,14 @@ import { buildModelfile, exportAdapterGguf, exportGguf, exportModelGguf } from '
 import { ExportError, permuteRowsForGguf, ropeFreqFactors, readHfConfig, unpermuteRowsFromGguf } from '../../src/core/export/hfModel';
 import { GgmlType, GgufValueType, gv, writeGguf } from '../../src/core/export/gguf';
 import { writeRandomAdapter } from './exportReference';
+import { tempDir } from './exportReference';
 
 type GgufModule = typeof import('@huggingface/gguf');
 // The package's CommonJS build; loaded once.
 // eslint-disable-next-line @typescript-eslint/no-var-requires
 const ggufLib: GgufModule = require('@huggingface/gguf');
 
-function tmp(prefix: string): string {
-  return fs.mkdtempSync(path.join(os.tmpdir(), prefix));
-}
+const tmp = tempDir;
 
 async function parse(file: string) {
   return ggufLib.gguf(file, { allowLocalFile: true });

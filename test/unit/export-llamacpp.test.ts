@@ -3,14 +3,12 @@
 // reference forward (and of lora-runtime when it has `logits`) over a few hundred positions.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { TinyModelOptions, writeTinyModel } from '../../src/core/fixtures/tinyModel';
 import { exportGguf, GgufOutType } from '../../src/core/export/ggufExport';
 import { Rng } from '../../src/core/fixtures/rng';
-import { argmax, maxAbsDiff, referenceLogits, runtimeLogits, runtimeWith, writeRandomAdapter } from './exportReference';
+import { argmax, maxAbsDiff, referenceLogits, runtimeLogits, runtimeWith, tempDir, writeRandomAdapter } from './exportReference';
 
 type NodeLlamaCpp = typeof import('node-llama-cpp');
 
@@ -92,7 +90,7 @@ const cases: [string, TinyModelOptions, GgufOutType, number][] = [
 
 for (const [name, opts, outType, tol] of cases) {
   test(`llama.cpp: base GGUF + LoRA GGUF match the reference forward (${name})`, { skip, timeout: 300_000 }, async (t) => {
-    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'llamacpp-'));
+    const dir = tempDir('llamacpp-');
     const modelDir = path.join(dir, 'model');
     const info = writeTinyModel(modelDir, opts);
     const adapterDir = path.join(dir, 'adapter');
@@ -115,7 +113,7 @@ const logitsCmd = runtimeWith('logits');
 
 test('llama.cpp (base GGUF + LoRA GGUF) matches lora-runtime logits with the adapter',
   { skip: skip || logitsCmd.skip, timeout: 300_000 }, async (t) => {
-    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'llamacpp-rt-'));
+    const dir = tempDir('llamacpp-rt-');
     const modelDir = path.join(dir, 'model');
     const info = writeTinyModel(modelDir, { layers: 2, hidden: 64, heads: 4, kvHeads: 2 });
     const adapterDir = path.join(dir, 'adapter');

@@ -5,7 +5,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import * as ort from 'onnxruntime-node';
 import { TinyModelOptions, writeTinyModel } from '../../src/core/fixtures/tinyModel';
@@ -13,10 +12,9 @@ import { exportOnnx, onnxIoNames, OnnxExportResult } from '../../src/core/export
 import { decodeModel } from '../../src/core/export/onnxProto';
 import { ExportError } from '../../src/core/export/hfModel';
 import { maxAbsDiff, referenceLogits, runtimeLogits, runtimeWith, writeRandomAdapter, argmax } from './exportReference';
+import { tempDir } from './exportReference';
 
-function tmp(prefix: string): string {
-  return fs.mkdtempSync(path.join(os.tmpdir(), prefix));
-}
+const tmp = tempDir;
 
 interface Step {
   logits: Float32Array;

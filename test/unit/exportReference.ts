@@ -4,6 +4,7 @@
 // q/k/v bias, tied head; a PEFT adapter is applied as W + (alpha / r) B A (alpha / sqrt(r) for rsLoRA).
 import * as fs from 'node:fs';
 import { spawnSync } from 'node:child_process';
+import * as os from 'node:os';
 import * as path from 'node:path';
 import { openHfModel, scaledInvFreq } from '../../src/core/export/hfModel';
 import { readSafetensorsHeader, readTensorF32, TensorToWrite, writeSafetensors } from '../../src/core/model/safetensors';
@@ -193,4 +194,16 @@ export function argmax(a: ArrayLike<number>): number {
   let best = 0;
   for (let i = 1; i < a.length; i++) if (a[i] > a[best]) best = i;
   return best;
+}
+
+const tempDirs: string[] = [];
+process.on('exit', () => {
+  for (const d of tempDirs) fs.rmSync(d, { recursive: true, force: true });
+});
+
+/** A fresh temporary folder, removed when the test process exits. */
+export function tempDir(prefix: string): string {
+  const d = fs.mkdtempSync(path.join(os.tmpdir(), prefix));
+  tempDirs.push(d);
+  return d;
 }
