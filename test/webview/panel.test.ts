@@ -95,10 +95,17 @@ async function attr(page: Page, selector: string, name: string): Promise<string 
   return page.getAttribute(selector, name);
 }
 
+/** Screenshots the whole panel; the viewport grows to the content first so the sticky
+ *  Start/Stop bar sits at the bottom instead of over the form, as in a tall sidebar. */
 async function shoot(page: Page, name: string): Promise<void> {
   mkdirSync(SCREENSHOTS, { recursive: true });
   await settle(page);
-  await page.screenshot({ path: path.join(SCREENSHOTS, `${name}.png`), fullPage: true });
+  const height = await page.evaluate(() => (globalThis as any).document.documentElement.scrollHeight as number);
+  const before = page.viewportSize()!;
+  await page.setViewportSize({ width: before.width, height });
+  await settle(page);
+  await page.screenshot({ path: path.join(SCREENSHOTS, `${name}.png`) });
+  await page.setViewportSize(before);
 }
 
 describe('training panel (headless Chromium)', { skip }, () => {
