@@ -258,3 +258,22 @@ test('a full disk fails cleanly: error, exit 2, no half-written checkpoint', { s
     spawnSync('umount', [run]);
   }
 });
+
+test('a diverging run stops with an error before NaN reaches the adapter', { skip }, async () => {
+  // A NaN in the embeddings makes the first step's loss NaN, as a far too high learning rate
+  // eventually does: the run must stop with an error naming train.lr, not train on garbage.
+  const model = modelCopy('nan');
+  const f = path.join(model, 'model.safetensors');
+  const header = readSafetensorsHeader(f);
+  const tensors: TensorToWrite[] = header.tensors.map((t) => {
+    const data = readTensorF32(header, t.name);
+    if (t.name === 'model.embed_tokens.weight') data.fill(Number.NaN, 0, data.length);
+    return { name: t.name, dtype: t.dtype, shape: t.shape, data };
+  });
+  writeSafetensors(f, tensors, { format: 'pt' });
+  const { run, r } = await runWith('nan', model);
+  expectBadInput(r, { code: 'diverged', file: path.join(run, 'run.json'), field: 'train.lr' });
+  const step = r.events.find((e) => e.type === 'step')!;
+  assert.equal(step.loss, null, 'a NaN loss is written as null (valid JSON)');
+  assert.ok(!fs.existsSync(path.join(run, 'adapter')), 'no adapter written from a diverged state');
+});

@@ -280,6 +280,25 @@ int run_train(const std::string& run_dir_arg, bool resume, EventSink& events, Tr
     const float inv = 1.0f / static_cast<float>(std::max<int64_t>(1, step_targets));
     scale_inplace(lora.grads.data(), n_params, inv);
     const double grad_norm = std::sqrt(sum_squares(lora.grads.data(), n_params));
+    if (!std::isfinite(grad_norm) || !std::isfinite(loss_sum)) {
+      // One non-finite update would turn every LoRA weight into NaN: stop before it, with the
+      // adapter of the last good step still in the latest checkpoint.
+      Json e = Json::object();
+      e.set("step", s + 1);
+      e.set("epoch", static_cast<double>(s + 1) / static_cast<double>(plan.steps_per_epoch));
+      e.set("loss", loss_sum / static_cast<double>(std::max<int64_t>(1, step_targets)));
+      e.set("lr", learning_rate(cfg, s, total));
+      e.set("grad_norm", grad_norm);
+      e.set("tokens_per_s", 0.0);
+      e.set("elapsed_s", elapsed());
+      e.set("mem", memory_json());
+      events.emit("step", e);
+      throw InputError("diverged",
+                       "training diverged at step " + std::to_string(s + 1) + ": the loss or the gradients are not finite",
+                       cfg.file, "train.lr", 0,
+                       "lower train.lr (for example 10x), keep train.max_grad_norm > 0 and warmup_steps > 0, and check "
+                       "the model's weights for NaN/Inf; then start a new run.");
+    }
     if (cfg.max_grad_norm > 0 && grad_norm > cfg.max_grad_norm)
       scale_inplace(lora.grads.data(), n_params, static_cast<float>(cfg.max_grad_norm / (grad_norm + 1e-6)));
     const double lr = learning_rate(cfg, s, total);
