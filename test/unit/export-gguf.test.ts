@@ -267,12 +267,19 @@ test('model GGUF (f16, tied, llama3 rope): no output tensor, rope_freqs factors,
 test('model GGUF (qwen2): qwen2 architecture, q/k/v biases, no Q/K permutation (NEOX RoPE)', async () => {
   const dir = tmp('gguf-q-');
   const modelDir = path.join(dir, 'model');
-  writeTinyModel(modelDir, { arch: 'qwen2', layers: 1, hidden: 64, heads: 4, kvHeads: 2 });
+  // Embedding rows beyond the tokenizer, as real checkpoints pad them.
+  const info = writeTinyModel(modelDir, { arch: 'qwen2', layers: 1, hidden: 64, heads: 4, kvHeads: 2, vocab: 400 });
   const out = path.join(dir, 'model.gguf');
   assert.equal(exportModelGguf({ modelDir, out, outType: 'f32' }).architecture, 'qwen2');
   const p = await parse(out);
   const md = p.metadata as unknown as Record<string, unknown>;
   assert.equal(md['qwen2.attention.head_count_kv'], 2);
+  const tokens = md['tokenizer.ggml.tokens'] as string[];
+  const types = md['tokenizer.ggml.token_type'] as number[];
+  assert.equal(tokens.length, 400);
+  assert.equal(tokens[399], '[PAD399]');
+  assert.equal(types[399], 5, 'padding entries are unused tokens');
+  assert.equal(types[info.tokenizer.vocabSize - 1], 3, 'the last special token stays a control token');
   const w = readModelWeights(modelDir).files[0];
   assert.deepEqual([...readGgufTensor(out, p, 'blk.0.attn_q.weight')], [...readTensorF32(w, 'model.layers.0.self_attn.q_proj.weight')]);
   assert.deepEqual([...readGgufTensor(out, p, 'blk.0.attn_k.bias')], [...readTensorF32(w, 'model.layers.0.self_attn.k_proj.bias')]);
