@@ -2,6 +2,7 @@
 // `npm run package`: builds everything (TypeScript, panel bundle, native runtime) and packs
 // a VSIX for the current platform with @vscode/vsce. .vscodeignore keeps sources and tests
 // out and keeps the built lora-runtime binary in. Prints the VSIX path and size.
+// Options: --no-build (use what is built), --out FILE.
 import { spawnSync } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
@@ -27,7 +28,8 @@ if (!existsSync(runtime)) {
 }
 const pkg = JSON.parse(readFileSync('package.json', 'utf8'));
 const target = `${process.platform === 'win32' ? 'win32' : process.platform}-${process.arch}`;
-const out = `${pkg.name}-${pkg.version}-${target}.vsix`;
+const outArg = process.argv.indexOf('--out');
+const out = outArg > 0 && process.argv[outArg + 1] ? process.argv[outArg + 1] : `${pkg.name}-${pkg.version}-${target}.vsix`;
 // A VSIX is per platform: leave out the native binaries of every other platform.
 const ignoreFile = path.join(os.tmpdir(), `lora-studio-vscodeignore-${process.pid}`);
 const keepTokenizers = `tokenizers.${process.platform}-${process.arch}${process.platform === 'linux' ? '-gnu' : process.platform === 'win32' ? '-msvc' : ''}.node`;

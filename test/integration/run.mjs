@@ -12,7 +12,7 @@
 //   5. the page's codeAutomationExit gives the exit code; the suite's result file the counts.
 // Prints one line per test and a last line "N passed, N failed, N skipped".
 import { spawn, spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import path from 'node:path';
 import { createRequire } from 'node:module';
@@ -23,8 +23,25 @@ const require = createRequire(import.meta.url);
 const outDir = path.join(root, 'test-output', 'integration');
 const shots = path.join(root, 'test-output', 'screenshots');
 const CHROMIUM = '/usr/bin/chromium';
-const TESTS = 10;
+const TESTS = 11;
 const OVERALL_TIMEOUT_MS = 9 * 60_000;
+
+/** Entry names of a zip file, from its central directory (no unzip tool needed). */
+function zipEntries(buf) {
+  let eocd = buf.length - 22;
+  while (eocd >= 0 && buf.readUInt32LE(eocd) !== 0x06054b50) eocd--;
+  if (eocd < 0) throw new Error('not a zip file');
+  const count = buf.readUInt16LE(eocd + 10);
+  let p = buf.readUInt32LE(eocd + 16);
+  const names = [];
+  for (let i = 0; i < count; i++) {
+    if (buf.readUInt32LE(p) !== 0x02014b50) throw new Error('bad zip central directory');
+    const nameLen = buf.readUInt16LE(p + 28), extraLen = buf.readUInt16LE(p + 30), commentLen = buf.readUInt16LE(p + 32);
+    names.push(buf.toString('utf8', p + 46, p + 46 + nameLen));
+    p += 46 + nameLen + extraLen + commentLen;
+  }
+  return names;
+}
 
 function finish(passed, failed, skipped, note) {
   if (note) console.log(`integration: ${note}`);
@@ -224,6 +241,30 @@ if (!result) {
   for (const l of pageLog.slice(-15)) console.log(`  ${l}`);
   finish(0, TESTS, 0);
 }
+// The package a user installs: built from the same tree, checked entry by entry.
+{
+  const title = 'VSIX: the extension bundle, the panel and this platform\'s runtime, no sources or tests';
+  const vsix = path.join(outDir, 'lora-studio.vsix');
+  const pack = spawnSync(process.execPath, [path.join(root, 'scripts', 'package-vsix.mjs'), '--no-build', '--out', vsix], { encoding: 'utf8' });
+  try {
+    if (pack.status !== 0) throw new Error(`package-vsix failed:\n${(pack.stdout + pack.stderr).split('\n').slice(-8).join('\n')}`);
+    const names = zipEntries(readFileSync(vsix));
+    const must = ['extension/package.json', 'extension/dist/extension.js', 'extension/dist/webview/panel.js', 'extension/dist/webview/panel.css',
+                  'extension/dist/webview/compare.js', 'extension/media/lora-studio.svg', 'extension/native-runtime/build/lora-runtime'];
+    if (process.platform === 'linux' && process.arch === 'x64') must.push('extension/node_modules/tokenizers/tokenizers.linux-x64-gnu.node');
+    for (const m of must) if (!names.includes(m)) throw new Error(`${m} is missing`);
+    const foreign = names.filter((n) => /tokenizers\.(darwin|win32|android)/.test(n));
+    if (foreign.length) throw new Error(`other platforms' binaries in the VSIX: ${foreign.slice(0, 3).join(', ')}`);
+    const banned = names.filter((n) => /^extension\/(src|test|webview|out|scripts|\.cache|test-output|native-runtime\/src)\//.test(n) || /\.ts$/.test(n) && !n.endsWith('.d.ts'));
+    if (banned.length) throw new Error(`sources or tests in the VSIX: ${banned.slice(0, 5).join(', ')}`);
+    const mb = (statSync(vsix).size / 2 ** 20).toFixed(1);
+    console.log(`integration: VSIX ${mb} MB, ${names.length} entries`);
+    result.passed.push(title);
+  } catch (e) {
+    result.failed.push({ title, error: String(e.message ?? e) });
+  }
+}
+
 for (const t of result.passed) console.log(`  ✔ ${t}`);
 for (const t of result.failed) console.log(`  ✖ ${t.title}\n${t.error.split('\n').slice(0, 8).map((l) => `      ${l}`).join('\n')}`);
 for (const t of result.skipped) console.log(`  - ${t}`);
