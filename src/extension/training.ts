@@ -428,9 +428,17 @@ export class TrainingController implements TrainingHost, vscode.Disposable {
   async reattach(): Promise<void> {
     const root = this.runsRoot();
     if (!root || this.active) return;
-    const { listRuns } = await import('../core/runs/runs');
-    const live = listRuns(root).find((r) => r.status === 'running' && r.pid !== null);
-    if (!live) return;
+    // Only pid files are checked here: summarising every run would read every events.jsonl.
+    let names: string[];
+    try {
+      names = (await fs.promises.readdir(root)).sort().reverse();
+    } catch {
+      return;
+    }
+    const liveName = names.find((n) => coreRuns().liveRuntimePid(path.join(root, n)) !== null);
+    if (!liveName || this.active) return;
+    const live = coreRuns().summarizeRun(path.join(root, liveName));
+    if (live.pid === null) return;
     const run = this.newRun(live.id, live.dir, live.name, true, 0);
     run.foreignPid = live.pid;
     this.active = run;
