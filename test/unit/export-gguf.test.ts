@@ -239,11 +239,11 @@ test('model GGUF (f32, llama, GQA): metadata, tokenizer, tensor names/shapes, da
   assert.equal(readTensorBytes(weights.files[0], 'lm_head.weight').length, info.tokenizer.vocabSize * 64 * 2);
 });
 
-test('model GGUF (f16, tied, llama3 rope): no output tensor, rope_freqs factors, 2-D weights f16 and norms f32', async () => {
+test('model GGUF (f16, tied, llama3 rope, 3 shards): no output tensor, rope_freqs factors, 2-D weights f16 and norms f32', async () => {
   const dir = tmp('gguf-t-');
   const modelDir = path.join(dir, 'model');
   const ropeScaling = { rope_type: 'llama3' as const, factor: 8, low_freq_factor: 1, high_freq_factor: 4, original_max_position_embeddings: 64 };
-  writeTinyModel(modelDir, { layers: 1, hidden: 64, heads: 2, kvHeads: 2, tie: true, ropeScaling, ropeTheta: 10000 });
+  writeTinyModel(modelDir, { layers: 1, hidden: 64, heads: 2, kvHeads: 2, tie: true, ropeScaling, ropeTheta: 10000, shards: 3 });
   const out = path.join(dir, 'model.gguf');
   exportModelGguf({ modelDir, out, outType: 'f16' });
   const p = await parse(out);
@@ -260,7 +260,10 @@ test('model GGUF (f16, tied, llama3 rope): no output tensor, rope_freqs factors,
   // Highest frequencies are unscaled, lowest get the full factor (wavelength beyond 64 / 1).
   assert.equal(factors[0], 1);
   assert.equal(factors[15], 8);
-  const src = readTensorF32(readModelWeights(modelDir).files[0], 'model.layers.0.mlp.up_proj.weight');
+  const weights = readModelWeights(modelDir);
+  assert.equal(weights.files.length, 3, 'sharded checkpoint');
+  const upFile = weights.files.find((h) => h.tensors.some((t) => t.name === 'model.layers.0.mlp.up_proj.weight'))!;
+  const src = readTensorF32(upFile, 'model.layers.0.mlp.up_proj.weight');
   assert.deepEqual([...readGgufTensor(out, p, 'blk.0.ffn_up.weight')], [...src].map((x) => f16ToF32(f32ToF16(x))));
 });
 
@@ -308,4 +311,18 @@ test('exportGguf writes model, adapter and an Ollama Modelfile; templates only f
   const unknown = buildModelfile({ from: 'base.gguf', adapter: 'a.gguf', chatTemplate: '[INST] {{ messages }} [/INST]' });
   assert.doesNotMatch(unknown, /TEMPLATE/);
   assert.match(unknown, /^# The chat template is not a known family/m);
+});
+
+test('model GGUF refuses what it cannot convert: a non-BPE tokenizer, a missing tokenizer.json', () => {
+  const dir = tmp('gguf-tok-');
+  const modelDir = path.join(dir, 'model');
+  writeTinyModel(modelDir, { layers: 1, hidden: 32, heads: 2, kvHeads: 1 });
+  const tokFile = path.join(modelDir, 'tokenizer.json');
+  const tok = JSON.parse(fs.readFileSync(tokFile, 'utf8'));
+  fs.writeFileSync(tokFile, JSON.stringify({ ...tok, model: { ...tok.model, type: 'Unigram' } }));
+  assert.throws(() => exportModelGguf({ modelDir, out: path.join(dir, 'm.gguf') }), (e: unknown) =>
+    e instanceof ExportError && /tokenizer\.json \(model\.type\)/.test(e.message) && /convert_hf_to_gguf\.py/.test(e.hint ?? ''));
+  fs.rmSync(tokFile);
+  assert.throws(() => exportModelGguf({ modelDir, out: path.join(dir, 'm.gguf') }), /tokenizer\.json: file not found\. The model folder needs its tokenizer\.json/);
+  assert.ok(!fs.existsSync(path.join(dir, 'm.gguf')));
 });
