@@ -13,7 +13,6 @@ import { recordedRun } from './events';
 
 // buildComparison lives in the vscode-facing module; load it with a stand-in for `vscode`,
 // which it only needs for the panel it opens (not exercised here).
-// eslint-disable-next-line @typescript-eslint/no-require-imports
 const Module = require('node:module') as { _resolveFilename: (req: string, ...rest: unknown[]) => string };
 
 function loadBuildComparison(): typeof import('../../src/extension/compare').buildComparison {
@@ -22,10 +21,10 @@ function loadBuildComparison(): typeof import('../../src/extension/compare').bui
   const orig = Module._resolveFilename;
   Module._resolveFilename = (req: string, ...rest: unknown[]) => (req === 'vscode' ? stub : orig.call(Module, req, ...rest));
   try {
-    // eslint-disable-next-line @typescript-eslint/no-require-imports
-    return (require('../../src/extension/compare') as typeof import('../../src/extension/compare')).buildComparison;
+        return (require('../../src/extension/compare') as typeof import('../../src/extension/compare')).buildComparison;
   } finally {
     Module._resolveFilename = orig;
+    rmSync(stub, { force: true });
   }
 }
 
