@@ -4,3 +4,5 @@ export type { ExportGgufOptions, ExportGgufResult, ExportProgress, ProgressCallb
 export { exportOnnx, onnxIoNames } from './onnx';
 export type { OnnxExportOptions, OnnxExportResult } from './onnx';
 export { ExportError } from './hfModel';
+export { OnnxGenerator, pick } from './onnxGenerate';
+export type { GenerateOptions, GeneratedToken } from './onnxGenerate';
