@@ -13,11 +13,8 @@ import { ExportError, permuteRowsForGguf, ropeFreqFactors, readHfConfig, unpermu
 import { GgmlType, GgufValueType, gv, writeGguf } from '../../src/core/export/gguf';
 import { writeRandomAdapter } from './exportReference';
 import { tempDir } from './exportReference';
+import * as ggufLib from '@huggingface/gguf';
 
-type GgufModule = typeof import('@huggingface/gguf');
-// The package's CommonJS build; loaded once.
-// eslint-disable-next-line @typescript-eslint/no-var-requires
-const ggufLib: GgufModule = require('@huggingface/gguf');
 
 const tmp = tempDir;
 

@@ -49,7 +49,7 @@ export class OnnxGenerator {
   static async load(fileOrDir: string, opts: { executionProviders?: string[]; threads?: number } = {}): Promise<OnnxGenerator> {
     const file = fileOrDir.endsWith('.onnx') ? fileOrDir : path.join(fileOrDir, 'model.onnx');
     const info = readGraphInfo(file);
-    // eslint-disable-next-line @typescript-eslint/no-var-requires
+    // Loaded on first use, so importing core/export does not load the native ONNX Runtime library.
     const ort = require('onnxruntime-node') as typeof Ort;
     const session = await ort.InferenceSession.create(file, {
       executionProviders: opts.executionProviders ?? ['cpu'],
