@@ -45,7 +45,7 @@ export interface HfModelConfig {
 
 const ARCHS: Record<string, HfArch> = { LlamaForCausalLM: 'llama', MistralForCausalLM: 'mistral', Qwen2ForCausalLM: 'qwen2' };
 
-function readJsonObject(file: string, hint: string): Record<string, unknown> {
+export function readJson(file: string, hint: string): Record<string, unknown> {
   let text: string;
   try {
     text = fs.readFileSync(file, 'utf8');
@@ -62,13 +62,9 @@ function readJsonObject(file: string, hint: string): Record<string, unknown> {
   return v as Record<string, unknown>;
 }
 
-export function readJson(file: string, hint: string): Record<string, unknown> {
-  return readJsonObject(file, hint);
-}
-
 export function readHfConfig(modelDir: string): HfModelConfig {
   const file = path.join(modelDir, 'config.json');
-  const cfg = readJsonObject(file, 'Pick a Hugging Face model folder (config.json next to the *.safetensors files)');
+  const cfg = readJson(file, 'Pick a Hugging Face model folder (config.json next to the *.safetensors files)');
   const archName = Array.isArray(cfg.architectures) ? String(cfg.architectures[0]) : '';
   const arch = ARCHS[archName];
   if (!arch) {
