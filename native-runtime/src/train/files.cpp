@@ -9,43 +9,21 @@
 #include <cstring>
 
 #include "common/errors.hpp"
+#include "formats/atomic_file.hpp"
 
 namespace lora {
 
 namespace {
 [[noreturn]] void write_failed(const std::string& path, const std::string& what, int err) {
   throw InputError("write_failed", what + " " + path + ": " + std::strerror(err), path, "", 0,
-                   err == ENOSPC ? "the disk is full: free some space, then resume the run with --resume."
-                                 : "check that the run folder is writable and the disk has free space.");
+                   write_failure_hint(err));
 }
 }  // namespace
 
 void write_file_atomic(const std::string& path, const std::string& bytes) {
-  const std::string tmp = path + ".tmp";
-  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) write_failed(tmp, "cannot create", errno);
-  size_t done = 0;
-  while (done < bytes.size()) {
-    const ssize_t n = ::write(fd, bytes.data() + done, bytes.size() - done);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      const int err = errno;
-      ::close(fd);
-      ::unlink(tmp.c_str());
-      write_failed(tmp, "cannot write", err);
-    }
-    done += static_cast<size_t>(n);
-  }
-  if (::fsync(fd) != 0 || ::close(fd) != 0) {
-    const int err = errno;
-    ::unlink(tmp.c_str());
-    write_failed(tmp, "cannot flush", err);
-  }
-  if (::rename(tmp.c_str(), path.c_str()) != 0) {
-    const int err = errno;
-    ::unlink(tmp.c_str());
-    write_failed(path, "cannot rename onto", err);
-  }
+  AtomicFileWriter out(path);
+  out.write(bytes.data(), bytes.size());
+  out.commit();
 }
 
 void make_dirs(const std::string& path) {
