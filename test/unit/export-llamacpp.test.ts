@@ -5,6 +5,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as path from 'node:path';
 import { pathToFileURL } from 'node:url';
+import { spawnSync } from 'node:child_process';
 import { TinyModelOptions, writeTinyModel } from '../../src/core/fixtures/tinyModel';
 import { exportGguf, GgufOutType } from '../../src/core/export/ggufExport';
 import { Rng } from '../../src/core/fixtures/rng';
@@ -125,4 +126,29 @@ test('llama.cpp (base GGUF + LoRA GGUF) matches lora-runtime logits with the ada
     t.diagnostic(`top-1 ${a.top1}/${a.positions}, max |llama.cpp - lora-runtime| = ${a.maxDiff.toExponential(3)}`);
     assert.ok(a.maxDiff < 1e-3, `max logit difference ${a.maxDiff}`);
     assert.ok(a.top1 >= a.positions - 2, `top-1 agreement ${a.top1}/${a.positions}`);
+  });
+
+const mergeCmd = runtimeWith('merge');
+
+test('llama.cpp: the merged folder (lora-runtime merge) exported as GGUF equals base GGUF + LoRA GGUF',
+  { skip: skip || mergeCmd.skip, timeout: 300_000 }, async (t) => {
+    const dir = tempDir('llamacpp-merge-');
+    const modelDir = path.join(dir, 'model');
+    const info = writeTinyModel(modelDir, { layers: 2, hidden: 64, heads: 4, kvHeads: 2 });
+    const adapterDir = path.join(dir, 'adapter');
+    writeRandomAdapter(adapterDir, modelDir, { r: 4, alpha: 8 });
+    const merged = path.join(dir, 'merged');
+    const m = spawnSync(mergeCmd.runtime!, ['merge', '--model', modelDir, '--adapter', adapterDir, '--out', merged, '--dtype', 'f32'],
+      { encoding: 'utf8', timeout: 180_000, killSignal: 'SIGKILL' });
+    assert.equal(m.status, 0, m.stderr + m.stdout);
+    const withLora = exportGguf({ modelDir, adapterDir, outDir: path.join(dir, 'a'), outType: 'f32' });
+    const mergedGguf = exportGguf({ modelDir: merged, outDir: path.join(dir, 'b'), outType: 'f32' });
+    const tokens = randomTokens(128, info.tokenizer.vocabSize, 13);
+    const vocab = info.tokenizer.vocabSize;
+    const a = await llamaCppLogits(withLora.model!.file, tokens, withLora.adapter!.file);
+    const b = await llamaCppLogits(mergedGguf.model!.file, tokens);
+    const agreement = compare(b, a.map((x) => toDense(x, vocab)), vocab);
+    t.diagnostic(`top-1 ${agreement.top1}/${agreement.positions}, max |merged - base+LoRA| = ${agreement.maxDiff.toExponential(3)}`);
+    assert.ok(agreement.maxDiff < 1e-3, `max logit difference ${agreement.maxDiff}`);
+    assert.ok(agreement.top1 >= agreement.positions - 2);
   });
