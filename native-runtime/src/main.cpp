@@ -1,6 +1,8 @@
 // lora-runtime: the command-line entry point (DESIGN.md section 2, "CLI").
 // Every failure is reported as an `error` event (JSON line on stdout; also in
 // events.jsonl for `train`) and mapped onto the documented exit codes.
+#include <climits>
+#include <cmath>
 #include <csignal>
 #include <cstdio>
 #include <cstring>
@@ -13,7 +15,10 @@
 #include "common/errors.hpp"
 #include "common/json.hpp"
 #include "common/threadpool.hpp"
+#include "model/logits.hpp"
+#include "model/merge.hpp"
 #include "model/model.hpp"
+#include "train/adapter.hpp"
 #include "train/events.hpp"
 #include "train/trainer.hpp"
 
@@ -28,7 +33,11 @@ const char* const kUsage =
     "  lora-runtime inspect --model DIR\n"
     "  lora-runtime train --run RUN_DIR [--resume]\n"
     "  lora-runtime eval --model DIR [--adapter DIR] --data SHARD [--quant none|nf4|fp4|int8]\n"
-    "                    [--seq-len N] [--micro-batch N] [--threads N]\n";
+    "                    [--seq-len N] [--micro-batch N] [--threads N]\n"
+    "  lora-runtime logits --model DIR [--adapter DIR] --tokens ID,ID,... [--quant none|nf4|fp4|int8]\n"
+    "                      [--positions all|last] [--threads N]\n"
+    "  lora-runtime merge --model DIR --adapter DIR --out DIR [--dtype bf16|f16|f32]\n"
+    "                     [--quant none|nf4|fp4|int8] [--shard-size BYTES] [--force] [--threads N]\n";
 
 struct UsageError {
   std::string message;
@@ -126,9 +135,13 @@ int cmd_inspect(const Args& a) {
   Json mods = Json::array();
   Model probe;
   probe.cfg = c;
-  for (int m = 0; m < kNumModules; ++m) {
+  // GPT-2 lists "c_proj" twice (attn and mlp): "path" tells them apart, "name" is what
+  // PEFT's target_modules (and run.json's lora.targets) match.
+  for (int m : arch_modules(c.arch)) {
     Json t = Json::object();
     t.set("name", module_name(m));
+    t.set("path", std::string(module_is_attention(m) ? (c.arch == Arch::GPT2 ? "attn." : "self_attn.") : "mlp.") +
+                      module_name(m));
     t.set("in", probe.module_in(m));
     t.set("out", probe.module_out(m));
     t.set("count", c.num_layers);
@@ -155,6 +168,94 @@ int cmd_eval(const Args& a) {
   out.set("loss", r.loss);
   out.set("tokens", r.tokens);
   if (r.documents_split) out.set("documents_split", r.documents_split);
+  print_json(out);
+  return kExitOk;
+}
+
+QuantSettings quant_option(const Args& a) {
+  QuantSettings q;
+  const std::string name = a.get("--quant", "none");
+  if (!quant_from_name(name, q.type))
+    throw InputError("usage", "--quant " + name + " is not a quantization type", "", "--quant", 0, "use none, nf4, fp4 or int8.");
+  // The QLoRA settings `eval` uses too, so the numbers of both commands agree.
+  q.double_quant = q.type != QuantType::None;
+  return q;
+}
+
+// Writes {"logits": [[V floats] per position], "tokens": n, "vocab": V, "positions": ...}
+// directly: a few hundred positions of a large vocabulary are too many values for a Json
+// tree. "%.9g" round-trips every fp32 value exactly.
+void print_logits(const std::vector<float>& logits, int64_t rows, int64_t vocab, int64_t tokens, bool only_last) {
+  std::string s = "{\"logits\":[";
+  char num[32];
+  for (int64_t r = 0; r < rows; ++r) {
+    s += r ? ",[" : "[";
+    for (int64_t v = 0; v < vocab; ++v) {
+      const float x = logits[r * vocab + v];
+      if (v) s += ',';
+      if (std::isfinite(x)) {
+        std::snprintf(num, sizeof num, "%.9g", static_cast<double>(x));
+        s += num;
+      } else {
+        s += "null";
+      }
+    }
+    s += ']';
+  }
+  s += "],\"tokens\":" + std::to_string(tokens) + ",\"vocab\":" + std::to_string(vocab) +
+       ",\"positions\":\"" + (only_last ? "last" : "all") + "\"}\n";
+  std::fwrite(s.data(), 1, s.size(), stdout);
+  std::fflush(stdout);
+}
+
+int cmd_logits(const Args& a) {
+  set_num_threads(static_cast<int>(a.integer("--threads", 0, 0, 1024)));
+  const std::string positions = a.get("--positions", "all");
+  if (positions != "all" && positions != "last")
+    throw UsageError{"--positions must be all or last"};
+  const std::string token_text = a.need("--tokens");
+  const Model model = load_model(a.need("--model"), quant_option(a));
+  const std::vector<int32_t> tokens = parse_token_list(token_text, model.cfg.vocab_size);
+  if (static_cast<int64_t>(tokens.size()) > model.cfg.max_position_embeddings)
+    throw InputError("usage", "--tokens has " + std::to_string(tokens.size()) + " tokens, more than the model's " +
+                                  std::to_string(model.cfg.max_position_embeddings) + " positions",
+                     model.cfg.dir + "/config.json", "max_position_embeddings", 0, "give a shorter sequence.");
+  LoraState adapter;
+  const bool has_adapter = !a.get("--adapter").empty();
+  if (has_adapter) adapter = read_adapter(a.get("--adapter"), model);
+  const bool only_last = positions == "last";
+  const std::vector<float> logits = compute_logits(model, has_adapter ? &adapter : nullptr, tokens, only_last);
+  print_logits(logits, only_last ? 1 : static_cast<int64_t>(tokens.size()), model.cfg.vocab_size,
+               static_cast<int64_t>(tokens.size()), only_last);
+  return kExitOk;
+}
+
+int cmd_merge(const Args& a) {
+  set_num_threads(static_cast<int>(a.integer("--threads", 0, 0, 1024)));
+  MergeOptions o;
+  o.model = a.need("--model");
+  o.adapter = a.need("--adapter");
+  o.out = a.need("--out");
+  const std::string dtype = a.get("--dtype", "bf16");
+  if (!merge_dtype_from_name(dtype, o.dtype)) throw UsageError{"--dtype must be bf16, f16 or f32"};
+  o.quant = quant_option(a).type;
+  o.force = a.switches.count("--force") > 0;
+  o.shard_bytes = static_cast<uint64_t>(a.integer("--shard-size", static_cast<int64_t>(o.shard_bytes), 1, INT64_MAX));
+  const MergeResult r = merge_adapter(o);
+  if (!r.dequantized.empty())
+    std::fprintf(stderr, "lora-runtime: merged into the %s-dequantized base weights (quantized, then dequantized, as the adapter saw them)\n",
+                 r.dequantized.c_str());
+  Json out = Json::object();
+  out.set("out", r.out);
+  out.set("tensors", r.tensors);
+  out.set("merged_modules", r.merged_modules);
+  out.set("dtype", r.dtype);
+  out.set("bytes", r.bytes);
+  out.set("shards", r.shards);
+  if (!r.dequantized.empty()) out.set("dequantized", r.dequantized);
+  Json copied = Json::array();
+  for (const auto& c : r.copied) copied.push(c);
+  out.set("copied", copied);
   print_json(out);
   return kExitOk;
 }
@@ -215,6 +316,10 @@ int main(int argc, char** argv) {
     if (cmd == "inspect") return cmd_inspect(Args(argc, argv, 2, {"--model"}, {}));
     if (cmd == "eval")
       return cmd_eval(Args(argc, argv, 2, {"--model", "--adapter", "--data", "--quant", "--seq-len", "--micro-batch", "--threads"}, {}));
+    if (cmd == "logits")
+      return cmd_logits(Args(argc, argv, 2, {"--model", "--adapter", "--tokens", "--quant", "--positions", "--threads"}, {}));
+    if (cmd == "merge")
+      return cmd_merge(Args(argc, argv, 2, {"--model", "--adapter", "--out", "--dtype", "--quant", "--shard-size", "--threads"}, {"--force"}));
     if (is_train) {
       Args a(argc, argv, 2, {"--run"}, {"--resume"});
       return run_train(a.need("--run"), a.switches.count("--resume") > 0, events, progress);
