@@ -1,0 +1,212 @@
+// Prepares the two ONNX graphs the playground compares: the base model as it is, and the base
+// with the adapter folded in (`lora-runtime merge --dtype f32`, since ONNX export always takes
+// a plain folder: the graph has no LoRA branch). Everything is cached in one folder beside the
+// run (RUN_DIR/playground/) and rebuilt only when a source file changed, so opening the
+// playground a second time starts generating at once.
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { exportOnnx } from '../export/onnx';
+import { CancellationToken, spawnProcess } from '../runtime/process';
+
+export class PlaygroundError extends Error {
+  constructor(message: string, readonly hint?: string) {
+    super(hint ? `${message}. ${hint}` : message);
+    this.name = 'PlaygroundError';
+  }
+}
+
+export interface PrepareOptions {
+  /** HF model folder the adapter was trained on. */
+  modelDir: string;
+  /** PEFT adapter folder (adapter_model.safetensors + adapter_config.json). */
+  adapterDir: string;
+  /** Cache folder, usually RUN_DIR/playground. */
+  cacheDir: string;
+  /** The lora-runtime binary (found by core/runtime/locate). */
+  runtimePath: string;
+  token?: CancellationToken;
+  onProgress?: (p: { phase: 'merge' | 'export-base' | 'export-adapter' | 'cached'; message: string }) => void;
+  /** The runtime's stderr, line by line. */
+  onLog?: (line: string) => void;
+}
+
+export interface PreparedModels {
+  /** Folder with model.onnx of the base model. */
+  baseOnnx: string;
+  /** Folder with model.onnx of the merged (base + adapter) model. */
+  adapterOnnx: string;
+  /** The merged HF folder (kept: it is also a usable export). */
+  mergedDir: string;
+  /** Which outputs were rebuilt in this call. */
+  rebuilt: { merged: boolean; base: boolean; adapter: boolean };
+}
+
+/** Bumped when the cached layout or the export changes meaning, to invalidate old caches. */
+const CACHE_VERSION = 1;
+const STAMP_FILE = 'playground-cache.json';
+
+/** Size and mtime of every file that defines a model or adapter folder's weights and config. */
+export function folderStamp(dir: string): Record<string, [number, number]> {
+  const out: Record<string, [number, number]> = {};
+  let names: string[];
+  try {
+    names = fs.readdirSync(dir);
+  } catch {
+    throw new PlaygroundError(`folder not found: ${dir}`);
+  }
+  for (const name of names.sort()) {
+    if (!/\.(safetensors|json)$/.test(name)) continue;
+    const st = fs.statSync(path.join(dir, name));
+    if (st.isFile()) out[name] = [st.size, Math.round(st.mtimeMs)];
+  }
+  return out;
+}
+
+interface CacheStamp {
+  v: number;
+  model: string;
+  adapter: string;
+  modelFiles: Record<string, [number, number]>;
+  adapterFiles: Record<string, [number, number]>;
+  /** Which outputs are complete for the stamps above. */
+  done: { merged: boolean; base: boolean; adapter: boolean };
+}
+
+function readStamp(cacheDir: string): CacheStamp | null {
+  try {
+    const s = JSON.parse(fs.readFileSync(path.join(cacheDir, STAMP_FILE), 'utf8')) as CacheStamp;
+    return s && s.v === CACHE_VERSION && s.done ? s : null;
+  } catch {
+    return null;
+  }
+}
+
+function writeStamp(cacheDir: string, s: CacheStamp): void {
+  const file = path.join(cacheDir, STAMP_FILE);
+  const tmp = `${file}.tmp-${process.pid}`;
+  fs.writeFileSync(tmp, JSON.stringify(s, null, 1) + '\n');
+  fs.renameSync(tmp, file);
+}
+
+function checkFolder(dir: string, required: string[], what: string, hint: string): void {
+  for (const f of required) {
+    if (!fs.existsSync(path.join(dir, f))) throw new PlaygroundError(`${what} ${dir} has no ${f}`, hint);
+  }
+}
+
+/** Runs `lora-runtime merge` into a fresh temporary folder, then renames it into place. */
+async function mergeAdapter(opts: PrepareOptions, out: string): Promise<void> {
+  const tmp = `${out}.tmp-${process.pid}`;
+  fs.rmSync(tmp, { recursive: true, force: true });
+  const stderr: string[] = [];
+  const stdout: string[] = [];
+  const proc = spawnProcess(opts.runtimePath, ['merge', '--model', opts.modelDir, '--adapter', opts.adapterDir, '--out', tmp, '--dtype', 'f32'], {
+    token: opts.token,
+    // merge has no stdin protocol: cancelling goes straight to SIGTERM.
+    stopMessage: null,
+    killTimeoutMs: 5000,
+    onStdoutLine: (l) => stdout.push(l),
+    onStderrLine: (l) => {
+      stderr.push(l);
+      opts.onLog?.(l);
+    },
+  });
+  let exit;
+  try {
+    exit = await proc.exited;
+  } catch (e) {
+    throw new PlaygroundError(`cannot start ${opts.runtimePath}: ${(e as Error).message}`, 'set loraStudio.runtimePath to a built lora-runtime');
+  }
+  if (opts.token?.isCancellationRequested) {
+    fs.rmSync(tmp, { recursive: true, force: true });
+    throw new PlaygroundError('cancelled');
+  }
+  if (exit.code !== 0) {
+    fs.rmSync(tmp, { recursive: true, force: true });
+    const detail = runtimeErrorText(stdout, stderr);
+    if (/unknown command|usage:/i.test(detail) && !/merge --model/.test(detail)) {
+      throw new PlaygroundError(`this lora-runtime has no merge command (${opts.runtimePath})`, 'rebuild the runtime (node scripts/build-native.mjs) or update LoRA Studio');
+    }
+    throw new PlaygroundError(`lora-runtime merge failed (exit ${exit.code ?? exit.signal}): ${detail}`);
+  }
+  fs.rmSync(out, { recursive: true, force: true });
+  fs.renameSync(tmp, out);
+}
+
+/** The runtime's own error event when it printed one (message + hint), else the last stderr lines. */
+function runtimeErrorText(stdout: string[], stderr: string[]): string {
+  for (const line of [...stdout].reverse()) {
+    try {
+      const e = JSON.parse(line) as { event?: string; type?: string; message?: string; hint?: string };
+      if ((e.event ?? e.type) === 'error' && typeof e.message === 'string') return e.hint ? `${e.message} (${e.hint})` : e.message;
+    } catch {
+      // not JSON: plain output
+    }
+  }
+  return [...stderr, ...stdout].slice(-5).join(' | ') || 'no output';
+}
+
+function exportTo(modelDir: string, outDir: string): void {
+  const tmp = `${outDir}.tmp-${process.pid}`;
+  fs.rmSync(tmp, { recursive: true, force: true });
+  exportOnnx({ modelDir, outDir: tmp });
+  fs.rmSync(outDir, { recursive: true, force: true });
+  fs.renameSync(tmp, outDir);
+}
+
+/** Merges and exports what is missing or stale; returns the two ONNX folders. */
+export async function preparePlayground(opts: PrepareOptions): Promise<PreparedModels> {
+  const modelDir = path.resolve(opts.modelDir);
+  const adapterDir = path.resolve(opts.adapterDir);
+  const cacheDir = path.resolve(opts.cacheDir);
+  checkFolder(modelDir, ['config.json'], 'the model folder', 'pick the Hugging Face model folder the run was trained on');
+  checkFolder(adapterDir, ['adapter_model.safetensors', 'adapter_config.json'], 'the adapter folder', 'the run has not written its final adapter yet');
+  fs.mkdirSync(cacheDir, { recursive: true });
+
+  const modelFiles = folderStamp(modelDir);
+  const adapterFiles = folderStamp(adapterDir);
+  const old = readStamp(cacheDir);
+  const sameModel = old !== null && old.model === modelDir && JSON.stringify(old.modelFiles) === JSON.stringify(modelFiles);
+  const sameAdapter = sameModel && old!.adapter === adapterDir && JSON.stringify(old!.adapterFiles) === JSON.stringify(adapterFiles);
+  const mergedDir = path.join(cacheDir, 'merged');
+  const baseOnnx = path.join(cacheDir, 'base-onnx');
+  const adapterOnnx = path.join(cacheDir, 'adapter-onnx');
+  const have = (dir: string, file: string) => fs.existsSync(path.join(dir, file));
+  const done = {
+    merged: sameAdapter && old!.done.merged && have(mergedDir, 'config.json'),
+    base: sameModel && old!.done.base && have(baseOnnx, 'model.onnx'),
+    adapter: sameAdapter && old!.done.adapter && have(adapterOnnx, 'model.onnx'),
+  };
+  const stamp: CacheStamp = { v: CACHE_VERSION, model: modelDir, adapter: adapterDir, modelFiles, adapterFiles, done: { ...done } };
+  const rebuilt = { merged: false, base: false, adapter: false };
+  const cancelled = () => {
+    if (opts.token?.isCancellationRequested) throw new PlaygroundError('cancelled');
+  };
+
+  if (!done.base) {
+    opts.onProgress?.({ phase: 'export-base', message: 'Exporting the base model to ONNX' });
+    stamp.done.base = false;
+    writeStamp(cacheDir, stamp);
+    exportTo(modelDir, baseOnnx);
+    stamp.done.base = rebuilt.base = true;
+    writeStamp(cacheDir, stamp);
+  }
+  cancelled();
+  if (!done.adapter) {
+    if (!done.merged) {
+      opts.onProgress?.({ phase: 'merge', message: 'Merging the adapter into the base model (lora-runtime merge)' });
+      stamp.done.merged = stamp.done.adapter = false;
+      writeStamp(cacheDir, stamp);
+      await mergeAdapter(opts, mergedDir);
+      stamp.done.merged = rebuilt.merged = true;
+      writeStamp(cacheDir, stamp);
+    }
+    cancelled();
+    opts.onProgress?.({ phase: 'export-adapter', message: 'Exporting the merged model to ONNX' });
+    exportTo(mergedDir, adapterOnnx);
+    stamp.done.adapter = rebuilt.adapter = true;
+    writeStamp(cacheDir, stamp);
+  }
+  if (!rebuilt.base && !rebuilt.adapter) opts.onProgress?.({ phase: 'cached', message: 'Using the cached ONNX models' });
+  return { baseOnnx, adapterOnnx, mergedDir, rebuilt };
+}

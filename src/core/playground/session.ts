@@ -1,0 +1,181 @@
+// The playground's generation side: the model's chat template applied to the prompt, then
+// the base and the adapter graphs generate from the same prompt ids concurrently, each
+// streaming decoded text through callbacks with its own tokens/s.
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { OnnxGenerator } from '../export/onnxGenerate';
+import { loadModelTokenizer, resolveTemplate, type ModelTokenizer } from '../tokenize/modelTokenizer';
+import type { ChatTemplate } from '../tokenize/templates';
+
+export type Side = 'base' | 'adapter';
+
+export interface GenerationSettings {
+  /** 0 = greedy. */
+  temperature: number;
+  topP: number;
+  maxTokens: number;
+  /** Optional system message, rendered by the template when it supports one. */
+  system?: string;
+  seed?: number;
+  /** Extra token ids that end an answer, besides the model's EOS and end-of-turn tokens. */
+  stopTokens?: number[];
+}
+
+export const DEFAULT_SETTINGS: GenerationSettings = { temperature: 0.7, topP: 0.9, maxTokens: 256 };
+
+export interface SideResult {
+  side: Side;
+  text: string;
+  tokens: number;
+  /** Decode speed after the prompt: generated tokens / seconds from the first to the last token. */
+  tokensPerS: number;
+  /** Prompt processing + first token, in seconds. */
+  firstTokenS: number;
+  /** 'eos': the model produced EOS, an end-of-turn token or one of settings.stopTokens. */
+  stopReason: 'eos' | 'max_tokens' | 'cancelled';
+}
+
+export interface StreamCallbacks {
+  /** New text for one side (already decoded; concatenate in order). */
+  onText?: (side: Side, delta: string, stats: { tokens: number; tokensPerS: number }) => void;
+  onDone?: (result: SideResult) => void;
+}
+
+/** End-of-turn markers that chat templates close the assistant's answer with. */
+const END_OF_TURN = ['<|eot_id|>', '<|im_end|>', '<|end|>', '<end_of_turn>', '<|endoftext|>', '</s>', '<|end_of_text|>'];
+
+/** Which ONNX Runtime execution providers to try, best first; the CPU one always works. */
+function providerChoices(preferCuda: boolean): string[][] {
+  return preferCuda ? [['cuda', 'cpu'], ['cpu']] : [['cpu']];
+}
+
+/** Loads a graph on CUDA when this onnxruntime-node build has it, else on the CPU, silently. */
+export async function loadGenerator(dir: string, opts: { preferCuda?: boolean; threads?: number } = {}): Promise<{ generator: OnnxGenerator; provider: string }> {
+  let lastError: unknown;
+  for (const providers of providerChoices(opts.preferCuda ?? true)) {
+    try {
+      const generator = await OnnxGenerator.load(dir, { executionProviders: providers, threads: opts.threads });
+      return { generator, provider: providers[0]! };
+    } catch (e) {
+      lastError = e;
+    }
+  }
+  throw lastError;
+}
+
+export class PlaygroundSession {
+  private constructor(
+    readonly tokenizer: ModelTokenizer,
+    readonly template: ChatTemplate,
+    /** True when the model ships no chat template and a built-in one is used. */
+    readonly templateFallback: boolean,
+    private readonly generators: Record<Side, OnnxGenerator>,
+    readonly providers: Record<Side, string>,
+    readonly stopTokens: number[],
+  ) {}
+
+  /** `modelDir` supplies the tokenizer and chat template (the merged model shares them). */
+  static async open(opts: { modelDir: string; baseOnnx: string; adapterOnnx: string; preferCuda?: boolean; threads?: number }): Promise<PlaygroundSession> {
+    const tokenizer = await loadModelTokenizer(opts.modelDir);
+    const { template, fallbackFrom } = resolveTemplate(tokenizer, 'model');
+    const base = await loadGenerator(opts.baseOnnx, opts);
+    let adapter;
+    try {
+      adapter = await loadGenerator(opts.adapterOnnx, opts);
+    } catch (e) {
+      await base.generator.release();
+      throw e;
+    }
+    const stops = new Set<number>();
+    const add = (id: number | null | undefined) => {
+      if (typeof id === 'number' && Number.isInteger(id) && id >= 0) stops.add(id);
+    };
+    add(tokenizer.eosId);
+    add(base.generator.info.eos);
+    for (const id of generationConfigEos(opts.modelDir)) add(id);
+    for (const t of END_OF_TURN) if (tokenizer.specialTokens.has(t)) add(tokenizer.tokenizer.tokenToId(t));
+    return new PlaygroundSession(tokenizer, template, fallbackFrom === 'model', { base: base.generator, adapter: adapter.generator },
+                                 { base: base.provider, adapter: adapter.provider }, [...stops].sort((a, b) => a - b));
+  }
+
+  async close(): Promise<void> {
+    await Promise.all([this.generators.base.release(), this.generators.adapter.release()]);
+  }
+
+  /** The prompt as the model sees it: the chat template with the assistant's turn opened. */
+  renderPrompt(prompt: string, system?: string): string {
+    const messages = [...(system ? [{ role: 'system' as const, content: system }] : []), { role: 'user' as const, content: prompt }];
+    return this.template.render(messages, true);
+  }
+
+  async promptIds(prompt: string, system?: string): Promise<number[]> {
+    const text = this.renderPrompt(prompt, system);
+    const ids = (await this.tokenizer.tokenizer.encode(text, null, { addSpecialTokens: false })).getIds();
+    // Templates that write bos_token themselves already start with it; others rely on the
+    // tokenizer's post-processor, as training did.
+    const prefix = this.tokenizer.defaultPrefixIds;
+    const startsWithPrefix = prefix.length > 0 && prefix.every((id, i) => ids[i] === id);
+    return startsWithPrefix ? ids : [...prefix, ...ids];
+  }
+
+  /** Generates with one side, streaming decoded text. */
+  async generateSide(side: Side, ids: readonly number[], settings: GenerationSettings, cb: StreamCallbacks = {}, cancelled?: () => boolean): Promise<SideResult> {
+    const gen = this.generators[side];
+    const tokens: number[] = [];
+    let text = '';
+    const t0 = performance.now();
+    let tFirst = 0;
+    let tLast = 0;
+    let stopReason: SideResult['stopReason'] = 'eos';
+    const rate = () => (tokens.length > 1 && tLast > tFirst ? ((tokens.length - 1) * 1000) / (tLast - tFirst) : 0);
+    for await (const t of gen.generate(ids, {
+      maxTokens: settings.maxTokens, temperature: settings.temperature, topP: settings.topP,
+      stopTokens: settings.stopTokens?.length ? [...this.stopTokens, ...settings.stopTokens] : this.stopTokens, seed: settings.seed ?? 0, cancelled,
+    })) {
+      tLast = performance.now();
+      if (!tokens.length) tFirst = tLast;
+      tokens.push(t.token);
+      // Decoding the whole answer each time keeps multi-byte characters split across tokens
+      // intact; a trailing U+FFFD means the character is not complete yet.
+      const full = await this.tokenizer.tokenizer.decode(tokens, true);
+      if (full.startsWith(text) && !full.endsWith('\uFFFD')) {
+        const delta = full.slice(text.length);
+        text = full;
+        if (delta) cb.onText?.(side, delta, { tokens: tokens.length, tokensPerS: rate() });
+      }
+    }
+    if (cancelled?.()) stopReason = 'cancelled';
+    else if (tokens.length >= settings.maxTokens) stopReason = 'max_tokens';
+    const full = await this.tokenizer.tokenizer.decode(tokens, true);
+    if (full !== text) {
+      if (full.startsWith(text)) cb.onText?.(side, full.slice(text.length), { tokens: tokens.length, tokensPerS: rate() });
+      text = full;
+    }
+    const result: SideResult = { side, text, tokens: tokens.length, tokensPerS: rate(), firstTokenS: tokens.length ? (tFirst - t0) / 1000 : 0, stopReason };
+    cb.onDone?.(result);
+    return result;
+  }
+
+  /** Both sides from the same prompt, concurrently (ONNX Runtime runs each call on its own threads). */
+  async generate(prompt: string, settings: GenerationSettings, cb: StreamCallbacks = {}, cancelled?: () => boolean): Promise<Record<Side, SideResult>> {
+    const ids = await this.promptIds(prompt, settings.system);
+    const [base, adapter] = await Promise.all([
+      this.generateSide('base', ids, settings, cb, cancelled),
+      this.generateSide('adapter', ids, settings, cb, cancelled),
+    ]);
+    return { base, adapter };
+  }
+}
+
+/** generation_config.json's eos_token_id: a number or a list (Llama 3 lists eot_id there). */
+function generationConfigEos(modelDir: string): number[] {
+  const file = path.join(modelDir, 'generation_config.json');
+  try {
+    const v = (JSON.parse(fs.readFileSync(file, 'utf8')) as { eos_token_id?: unknown }).eos_token_id;
+    if (typeof v === 'number') return [v];
+    if (Array.isArray(v)) return v.filter((x): x is number => typeof x === 'number');
+  } catch {
+    // absent or unreadable: the tokenizer's EOS is enough
+  }
+  return [];
+}
