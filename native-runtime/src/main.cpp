@@ -135,9 +135,13 @@ int cmd_inspect(const Args& a) {
   Json mods = Json::array();
   Model probe;
   probe.cfg = c;
-  for (int m = 0; m < kNumModules; ++m) {
+  // GPT-2 lists "c_proj" twice (attn and mlp): "path" tells them apart, "name" is what
+  // PEFT's target_modules (and run.json's lora.targets) match.
+  for (int m : arch_modules(c.arch)) {
     Json t = Json::object();
     t.set("name", module_name(m));
+    t.set("path", std::string(module_is_attention(m) ? (c.arch == Arch::GPT2 ? "attn." : "self_attn.") : "mlp.") +
+                      module_name(m));
     t.set("in", probe.module_in(m));
     t.set("out", probe.module_out(m));
     t.set("count", c.num_layers);

@@ -32,7 +32,7 @@ LoraSpec all_targets(int64_t r, double dropout = 0.0) {
   s.r = r;
   s.alpha = 2.0 * r;
   s.dropout = dropout;
-  for (int m = 0; m < kNumModules; ++m) s.targets.push_back(m);
+  for (int m : arch_modules(Arch::Llama)) s.targets.push_back(m);
   return s;
 }
 

@@ -183,13 +183,13 @@ TEST(model_config_mistral_and_qwen2) {
 }
 
 TEST(model_config_unsupported_architecture) {
-  Err e = load_error(R"({"architectures": ["GPT2LMHeadModel"], "n_embd": 768, "n_layer": 12})");
+  Err e = load_error(R"({"architectures": ["GPTNeoXForCausalLM"], "hidden_size": 768, "num_hidden_layers": 12})");
   CHECK_EQ(e.code, std::string("unsupported_architecture"));
   CHECK_EQ(e.field, std::string("architectures"));
-  CHECK(e.message.find("GPT2LMHeadModel") != std::string::npos);
+  CHECK(e.message.find("GPTNeoXForCausalLM") != std::string::npos);
   CHECK(e.hint.find("LlamaForCausalLM") != std::string::npos);
   CHECK(e.hint.find("Qwen2ForCausalLM") != std::string::npos);
-  CHECK(e.hint.find("GPT-2") != std::string::npos);
+  CHECK(e.hint.find("GPT2LMHeadModel") != std::string::npos);
   CHECK_EQ(e.line, int64_t(1));
   CHECK_EQ(load_error(R"({"model_type": "phi3", "hidden_size": 64})").code, std::string("unsupported_architecture"));
   CHECK_EQ(load_error(R"({"hidden_size": 64})").code, std::string("unsupported_architecture"));

@@ -162,13 +162,13 @@ TEST(run_config_error_line_points_at_the_value) {
 
 TEST(run_config_targets_resolve_against_the_model) {
   RunConfig c = parse_run_config(parse(with("lora", "{\"targets\": [\"v_proj\", \"q_proj\"]}")), "/r", "/r/run.json");
-  const auto t = resolve_targets(c);
+  const auto t = resolve_targets(c, Arch::Llama);
   CHECK_EQ(t.size(), size_t(2));
   CHECK_EQ(t[0], int(kQProj));
   CHECK_EQ(t[1], int(kVProj));
   c.targets.push_back("lm_head_proj");
   try {
-    resolve_targets(c);
+    resolve_targets(c, Arch::Llama);
     CHECK(false);
   } catch (const InputError& e) {
     CHECK_EQ(e.field, std::string("lora.targets"));

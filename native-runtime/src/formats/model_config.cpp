@@ -14,6 +14,7 @@ const char* arch_name(Arch a) {
     case Arch::Llama: return "llama";
     case Arch::Mistral: return "mistral";
     case Arch::Qwen2: return "qwen2";
+    case Arch::GPT2: return "gpt2";
   }
   return "?";
 }
@@ -24,11 +25,20 @@ const std::vector<std::string>& llama_target_modules() {
   return modules;
 }
 
+const std::vector<std::string>& gpt2_target_modules() {
+  static const std::vector<std::string> modules = {"c_attn", "c_proj", "c_fc"};
+  return modules;
+}
+
+const std::vector<std::string>& target_modules(Arch a) {
+  return a == Arch::GPT2 ? gpt2_target_modules() : llama_target_modules();
+}
+
 namespace {
 
 const char* const kSupportedHint =
     "supported architectures: LlamaForCausalLM (Llama 2/3.x, SmolLM, TinyLlama), MistralForCausalLM, "
-    "Qwen2ForCausalLM (Qwen2/2.5); GPT-2 support is planned";
+    "Qwen2ForCausalLM (Qwen2/2.5), GPT2LMHeadModel (gpt2, gpt2-medium, distilgpt2)";
 
 // Reads fields of one config.json, turning every problem into an InputError that names
 // the file, the key and the line of the offending value.
@@ -102,6 +112,7 @@ Arch detect_arch(const ConfigReader& r, std::string& hf_arch) {
       {"LlamaForCausalLM", "llama", Arch::Llama},
       {"MistralForCausalLM", "mistral", Arch::Mistral},
       {"Qwen2ForCausalLM", "qwen2", Arch::Qwen2},
+      {"GPT2LMHeadModel", "gpt2", Arch::GPT2},
   };
   const Json* archs = r.get(r.root(), "architectures");
   if (archs) {
@@ -167,6 +178,40 @@ void read_rope_scaling(const ConfigReader& r, RopeScaling& rs) {
          "supported rope scaling types: llama3, linear, default (or rope_scaling: null)");
 }
 
+// GPT2Config's keys and defaults (transformers' GPT2Config), mapped onto ModelConfig.
+void read_gpt2(const ConfigReader& r, ModelConfig& c) {
+  const Json& root = r.root();
+  c.hidden_size = r.optional_positive_int("n_embd", 768);
+  c.num_layers = r.optional_positive_int("n_layer", 12);
+  c.num_heads = r.optional_positive_int("n_head", 12);
+  c.num_kv_heads = c.num_heads;
+  c.vocab_size = r.optional_positive_int("vocab_size", 50257);
+  c.max_position_embeddings = r.optional_positive_int("n_positions", 1024);
+  // n_inner: null means 4 * n_embd (GPT2MLP's default).
+  c.intermediate_size = r.optional_positive_int("n_inner", 4 * c.hidden_size);
+  c.rms_norm_eps = r.positive_number(root, "layer_norm_epsilon", "layer_norm_epsilon", false, 1e-5);
+  if (c.hidden_size % c.num_heads != 0)
+    r.fail("n_head", "(" + std::to_string(c.num_heads) + ") must divide n_embd (" + std::to_string(c.hidden_size) + ")",
+           r.get(root, "n_head"));
+  c.head_dim = c.hidden_size / c.num_heads;
+  c.tie_word_embeddings = r.optional_bool("tie_word_embeddings", true);
+  c.attention_bias = true;
+  c.mlp_bias = true;
+  if (const Json* act = r.get(root, "activation_function")) {
+    if (!act->is_string() || (act->as_string() != "gelu_new" && act->as_string() != "gelu_pytorch_tanh"))
+      r.fail("activation_function", "must be \"gelu_new\" or \"gelu_pytorch_tanh\", got " + act->dump(), act,
+             "the runtime implements GPT-2's tanh-approximated GELU only; exact \"gelu\" or \"relu\" models are "
+             "not supported");
+  }
+  // Both change the attention scores away from 1/sqrt(head_dim); no released GPT-2 sets them.
+  if (r.optional_bool("scale_attn_by_inverse_layer_idx", false))
+    r.fail("scale_attn_by_inverse_layer_idx", "is true, which the runtime does not implement", r.get(root, "scale_attn_by_inverse_layer_idx"),
+           "set it to false (the value of gpt2, gpt2-medium and distilgpt2)");
+  if (!r.optional_bool("scale_attn_weights", true))
+    r.fail("scale_attn_weights", "is false, which the runtime does not implement", r.get(root, "scale_attn_weights"),
+           "set it to true (the value of every released GPT-2)");
+}
+
 }  // namespace
 
 ModelConfig load_model_config(const std::string& model_dir) {
@@ -183,6 +228,12 @@ ModelConfig load_model_config(const std::string& model_dir) {
   ModelConfig c;
   c.dir = model_dir;
   c.arch = detect_arch(r, c.hf_architecture);
+  if (c.arch == Arch::GPT2) {
+    read_gpt2(r, c);
+    if (const Json* dt = r.get(root, "torch_dtype"))
+      if (dt->is_string()) c.torch_dtype = dt->as_string();
+    return c;
+  }
 
   c.hidden_size = r.positive_int("hidden_size", root, "hidden_size");
   c.intermediate_size = r.positive_int("intermediate_size", root, "intermediate_size");
@@ -245,6 +296,8 @@ ModelConfig load_model_config(const std::string& model_dir) {
         const Json* sw = r.get(root, "sliding_window");
         c.sliding_window = sw ? r.positive_int_value(*sw, "sliding_window") : 4096;
       }
+      break;
+    case Arch::GPT2:  // read by read_gpt2
       break;
   }
 

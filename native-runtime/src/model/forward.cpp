@@ -2,11 +2,15 @@
 
 #include <algorithm>
 #include <cstring>
+#include <stdexcept>
+#include <string>
 
 #include "common/rng.hpp"
 #include "ops/attention.hpp"
 #include "ops/cross_entropy.hpp"
 #include "ops/embedding.hpp"
+#include "ops/gelu.hpp"
+#include "ops/layernorm.hpp"
 #include "ops/linear.hpp"
 #include "ops/matmul.hpp"
 #include "ops/rmsnorm.hpp"
@@ -206,6 +210,89 @@ struct Pass {
     rmsnorm_backward(dx, dxn, x, lw.input_norm.data(), a.rstd1.data(), N, C);
   }
 
+  // GPT-2's pre-LN block: out (N, C) = layer l applied to x (N, C); activations into `a`.
+  void gpt2_layer_forward(int64_t l, const float* x, float* out, LayerActs& a) {
+    const LayerWeights& lw = model.layers[l];
+    float* xn = sized(a.xn, N * C);
+    float* qkv = sized(ws.qkv, N * 3 * C);
+    float* q = sized(a.q, N * C);
+    float* k = sized(a.k, N * C);
+    float* v = sized(a.v, N * C);
+    float* att = sized(a.att, N * C);
+    float* lse = sized(a.lse, N * Hq);
+    float* x1 = sized(a.x1, N * C);
+    float* xn2 = sized(a.xn2, N * C);
+    float* g = sized(a.g, N * I);
+    float* hs = sized(a.hs, N * I);
+
+    layernorm_forward(xn, sized(a.mean1, N), sized(a.rstd1, N), x, lw.input_norm.data(), lw.input_norm_bias.data(), N,
+                      C, eps);
+    linear_fwd(l, kCAttn, xn, qkv, a);
+    // c_attn's output per token is [q | k | v]; attention wants each as its own (T, H, D).
+    for (int64_t i = 0; i < N; ++i) {
+      std::memcpy(q + i * C, qkv + i * 3 * C, sizeof(float) * C);
+      std::memcpy(k + i * C, qkv + i * 3 * C + C, sizeof(float) * C);
+      std::memcpy(v + i * C, qkv + i * 3 * C + 2 * C, sizeof(float) * C);
+    }
+    for (int64_t b = 0; b < batch.rows; ++b) {
+      attention_forward(att + b * T * C, lse + b * Hq * T, q + b * T * C, k + b * T * C, v + b * T * C,
+                        batch.doc_start.data() + b * T, T, Hq, Hq, D);
+    }
+    linear_fwd(l, kAttnCProj, att, x1, a);
+    for (int64_t i = 0; i < N * C; ++i) x1[i] += x[i];
+    layernorm_forward(xn2, sized(a.mean2, N), sized(a.rstd2, N), x1, lw.post_norm.data(), lw.post_norm_bias.data(), N,
+                      C, eps);
+    linear_fwd(l, kCFc, xn2, g, a);
+    gelu_forward(hs, g, N * I);
+    linear_fwd(l, kMlpCProj, hs, out, a);
+    for (int64_t i = 0; i < N * C; ++i) out[i] += x1[i];
+  }
+
+  // GPT-2's block backward; dx may be null for the first layer, as in layer_backward.
+  void gpt2_layer_backward(int64_t l, const float* x, const LayerActs& a, const float* dout, float* dx) {
+    const LayerWeights& lw = model.layers[l];
+    float* dx1 = sized(ws.dx1, N * C);
+    std::memcpy(dx1, dout, sizeof(float) * N * C);
+    float* dhs = zeroed(ws.dhs, N * I);
+    linear_bwd(l, kMlpCProj, dhs, dout, a.hs.data(), a);
+    float* dg = sized(ws.dg, N * I);
+    gelu_backward(dg, dhs, a.g.data(), N * I);
+    float* dxn = zeroed(ws.dxn, N * C);
+    linear_bwd(l, kCFc, dxn, dg, a.xn2.data(), a);
+    layernorm_backward(dx1, dxn, a.x1.data(), lw.post_norm.data(), a.mean2.data(), a.rstd2.data(), N, C);
+
+    float* datt = zeroed(ws.datt, N * C);
+    linear_bwd(l, kAttnCProj, datt, dx1, a.att.data(), a);
+    float* dq = sized(ws.dq, N * C);
+    float* dk = sized(ws.dk, N * C);
+    float* dv = sized(ws.dv, N * C);
+    for (int64_t b = 0; b < batch.rows; ++b) {
+      attention_backward(dq + b * T * C, dk + b * T * C, dv + b * T * C, datt + b * T * C, a.att.data() + b * T * C,
+                         a.lse.data() + b * Hq * T, a.q.data() + b * T * C, a.k.data() + b * T * C,
+                         a.v.data() + b * T * C, batch.doc_start.data() + b * T, T, Hq, Hq, D);
+    }
+    float* dqkv = sized(ws.dqkv, N * 3 * C);
+    for (int64_t i = 0; i < N; ++i) {
+      std::memcpy(dqkv + i * 3 * C, dq + i * C, sizeof(float) * C);
+      std::memcpy(dqkv + i * 3 * C + C, dk + i * C, sizeof(float) * C);
+      std::memcpy(dqkv + i * 3 * C + 2 * C, dv + i * C, sizeof(float) * C);
+    }
+    if (dx) std::fill(dxn, dxn + N * C, 0.f);
+    linear_bwd(l, kCAttn, dx ? dxn : nullptr, dqkv, a.xn.data(), a);
+    if (!dx) return;
+    std::memcpy(dx, dx1, sizeof(float) * N * C);
+    layernorm_backward(dx, dxn, x, lw.input_norm.data(), a.mean1.data(), a.rstd1.data(), N, C);
+  }
+
+  bool gpt2() const { return model.cfg.arch == Arch::GPT2; }
+
+  void any_layer_forward(int64_t l, const float* x, float* out, LayerActs& a) {
+    if (gpt2())
+      gpt2_layer_forward(l, x, out, a);
+    else
+      layer_forward(l, x, out, a);
+  }
+
   // Runs all layers and the final norm; keeps per-layer activations when `keep_all`.
   void forward_layers(bool keep_all) {
     const int64_t L = model.cfg.num_layers;
@@ -213,9 +300,27 @@ struct Pass {
     for (auto& x : ws.xs) sized(x, N * C);
     ws.acts.resize(keep_all ? L : 1);
     embedding_forward(ws.xs[0].data(), batch.tokens.data(), model.embed.data(), N, C);
+    if (gpt2()) {
+      // Learned positions, indexed by the per-document position so that packing leaves each
+      // document's activations as if it were alone.
+      const int64_t P = model.cfg.max_position_embeddings;
+      float* x0 = ws.xs[0].data();
+      for (int64_t i = 0; i < N; ++i) {
+        const int32_t p = batch.pos[i];
+        if (p < 0 || p >= P)
+          throw std::invalid_argument("position " + std::to_string(p) + " is outside GPT-2's " + std::to_string(P) +
+                                      " learned positions");
+        const float* row = model.wpe.data() + p * C;
+        for (int64_t c = 0; c < C; ++c) x0[i * C + c] += row[c];
+      }
+    }
     for (int64_t l = 0; l < L; ++l)
-      layer_forward(l, ws.xs[l].data(), ws.xs[l + 1].data(), ws.acts[keep_all ? l : 0]);
-    rmsnorm_forward(sized(ws.xf, N * C), sized(ws.rstdf, N), ws.xs[L].data(), model.final_norm.data(), N, C, eps);
+      any_layer_forward(l, ws.xs[l].data(), ws.xs[l + 1].data(), ws.acts[keep_all ? l : 0]);
+    if (gpt2())
+      layernorm_forward(sized(ws.xf, N * C), sized(ws.meanf, N), sized(ws.rstdf, N), ws.xs[L].data(),
+                        model.final_norm.data(), model.final_norm_bias.data(), N, C, eps);
+    else
+      rmsnorm_forward(sized(ws.xf, N * C), sized(ws.rstdf, N), ws.xs[L].data(), model.final_norm.data(), N, C, eps);
   }
 
   // Summed cross-entropy over the target tokens; with backward, fills ws.dxf.
@@ -254,12 +359,19 @@ struct Pass {
   void backward_layers(bool checkpointing) {
     const int64_t L = model.cfg.num_layers;
     float* dx = zeroed(ws.dx, N * C);
-    rmsnorm_backward(dx, ws.dxf.data(), ws.xs[L].data(), model.final_norm.data(), ws.rstdf.data(), N, C);
+    if (gpt2())
+      layernorm_backward(dx, ws.dxf.data(), ws.xs[L].data(), model.final_norm.data(), ws.meanf.data(),
+                         ws.rstdf.data(), N, C);
+    else
+      rmsnorm_backward(dx, ws.dxf.data(), ws.xs[L].data(), model.final_norm.data(), ws.rstdf.data(), N, C);
     float* dnext = sized(ws.dx_next, N * C);
     for (int64_t l = L - 1; l >= 0; --l) {
       LayerActs& a = ws.acts[checkpointing ? 0 : l];
-      if (checkpointing) layer_forward(l, ws.xs[l].data(), sized(ws.recompute_out, N * C), a);
-      layer_backward(l, ws.xs[l].data(), a, dx, l > 0 ? dnext : nullptr);
+      if (checkpointing) any_layer_forward(l, ws.xs[l].data(), sized(ws.recompute_out, N * C), a);
+      if (gpt2())
+        gpt2_layer_backward(l, ws.xs[l].data(), a, dx, l > 0 ? dnext : nullptr);
+      else
+        layer_backward(l, ws.xs[l].data(), a, dx, l > 0 ? dnext : nullptr);
       std::swap(dx, dnext);
     }
   }
@@ -284,7 +396,9 @@ uint64_t workspace_bytes(const Model& model, const LoraState& lora, int64_t toke
     if (lora.spec.dropout > 0) per_layer += model.module_in(m) + (model.module_in(m) + 3) / 4;  // h + keep bytes
   }
   // ... the layer inputs, the backward scratch and the final norm.
-  const int64_t backward = 5 * C + 3 * Dq + 2 * Dkv + 3 * I;
+  int64_t backward = 5 * C + 3 * Dq + 2 * Dkv + 3 * I;
+  // GPT-2: LayerNorm means, and the fused qkv output and its gradient.
+  if (c.arch == Arch::GPT2) backward += 6 * C + 3;
   const int64_t per_token = per_layer * (checkpointing ? 2 : L) + (L + 1) * C + backward + 2 * C;
   const int64_t V = c.vocab_size;
   const int64_t head = std::min<int64_t>(1024, std::max<int64_t>(1, (int64_t(16) << 20) / (V * 4))) * (V + 2 * C);

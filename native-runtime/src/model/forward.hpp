@@ -1,5 +1,5 @@
 #pragma once
-// Forward and backward of the decoder over a micro-batch of packed rows.
+// Forward and backward of the decoder (Llama family or GPT-2) over a micro-batch of packed rows.
 // Frozen weights are dequantized into one scratch matrix right before each use (forward
 // and again in backward), so at most one layer-sized fp32 weight exists at a time.
 // The LM head and cross-entropy run over chunks of the target tokens only: the full
@@ -17,7 +17,7 @@ struct Batch {
   int64_t rows = 0, seq_len = 0;
   std::vector<int32_t> tokens;     // input ids
   std::vector<int32_t> targets;    // next-token target of each position, -1 = none
-  std::vector<int32_t> pos;        // rope position, restarting at 0 in every document
+  std::vector<int32_t> pos;        // position (rope, or GPT-2's learned table), restarting at 0 in every document
   std::vector<int32_t> doc_start;  // index within the row of the first token of the document
   int64_t tokens_count() const { return rows * seq_len; }
   int64_t target_count() const;
@@ -30,8 +30,11 @@ struct DropoutKey {
   uint64_t seed = 0, step = 0, micro = 0;
 };
 
+// GPT-2 reuses the fields: xn/xn2 are the LayerNorm outputs (with mean1/mean2), g is the
+// c_fc output and hs = gelu(g).
 struct LayerActs {
   std::vector<float> xn, rstd1, q, k, v, att, lse, x1, xn2, rstd2, g, u, hs;
+  std::vector<float> mean1, mean2;
   std::vector<float> lora_h[kNumModules], lora_u[kNumModules];
   std::vector<uint8_t> keep[kNumModules];
 };
@@ -41,7 +44,8 @@ struct Workspace {
   std::vector<std::vector<float>> xs;   // input of every layer, plus the last layer's output
   std::vector<LayerActs> acts;          // one per layer, or a single one when recomputing
   std::vector<float> w;                 // the dequantized weight in use
-  std::vector<float> xf, rstdf;         // final RMSNorm output
+  std::vector<float> xf, rstdf, meanf;  // final norm output (meanf: GPT-2's LayerNorm)
+  std::vector<float> qkv, dqkv;         // GPT-2's fused c_attn output and its gradient
   std::vector<float> recompute_out;
   std::vector<float> dx, dx_next, dx1, dxn, datt, dq, dk, dv, dg, du, dhs, dxf;
   std::vector<float> head_in, head_logits, head_dx;

@@ -34,7 +34,10 @@ void write_adapter(const std::string& dir, const LoraState& lora, const std::str
   c.set("alpha_pattern", Json::object());
   c.set("base_model_name_or_path", base_model_path);
   c.set("bias", "none");
-  c.set("fan_in_fan_out", false);
+  // GPT-2's Conv1D layers store their weight [in, out]; PEFT needs this flag to transpose
+  // the merged delta (lora_A/lora_B keep nn.Linear's layout either way).
+  const bool conv1d = !lora.spec.targets.empty() && lora.spec.targets.front() >= kCAttn;
+  c.set("fan_in_fan_out", conv1d);
   c.set("inference_mode", true);
   c.set("init_lora_weights", true);
   c.set("layers_pattern", nullptr);
@@ -48,7 +51,7 @@ void write_adapter(const std::string& dir, const LoraState& lora, const std::str
   c.set("rank_pattern", Json::object());
   c.set("revision", nullptr);
   Json targets = Json::array();
-  for (int m : lora.spec.targets) targets.push(module_name(m));
+  for (const auto& name : target_names(lora.spec.targets)) targets.push(name);
   c.set("target_modules", targets);
   c.set("task_type", "CAUSAL_LM");
   c.set("use_dora", false);
@@ -63,9 +66,11 @@ namespace {
   throw InputError("adapter_invalid", what, file, field, line, hint);
 }
 
-// Parses "base_model.model.model.layers.{i}.{self_attn|mlp}.{module}.lora_{A|B}.weight".
-bool parse_key(const std::string& key, int64_t& layer, int& module, bool& is_a) {
-  const std::string prefix = "base_model.model.model.layers.";
+// Parses "base_model.model.model.layers.{i}.{self_attn|mlp}.{module}.lora_{A|B}.weight"
+// (Llama family) or "base_model.model.transformer.h.{i}.{attn|mlp}.{module}.lora_{A|B}.weight"
+// (GPT-2).
+bool parse_key(const std::string& key, Arch arch, int64_t& layer, int& module, bool& is_a) {
+  const std::string prefix = arch == Arch::GPT2 ? "base_model.model.transformer.h." : "base_model.model.model.layers.";
   if (key.rfind(prefix, 0) != 0) return false;
   size_t i = prefix.size();
   size_t j = i;
@@ -73,8 +78,9 @@ bool parse_key(const std::string& key, int64_t& layer, int& module, bool& is_a) 
   if (j == i || j - i > 9 || j >= key.size() || key[j] != '.') return false;
   layer = std::stoll(key.substr(i, j - i));
   const std::string rest = key.substr(j + 1);
-  for (int m = 0; m < kNumModules; ++m) {
-    const std::string base = std::string(module_is_attention(m) ? "self_attn." : "mlp.") + module_name(m);
+  for (int m : arch_modules(arch)) {
+    const std::string base =
+        std::string(module_is_attention(m) ? (arch == Arch::GPT2 ? "attn." : "self_attn.") : "mlp.") + module_name(m);
     if (rest == base + ".lora_A.weight" || rest == base + ".lora_B.weight") {
       module = m;
       is_a = rest == base + ".lora_A.weight";
@@ -110,9 +116,11 @@ void fill_from_file(const std::string& dir, const Model& model, LoraState& lora)
     int64_t layer;
     int module;
     bool is_a;
-    if (!parse_key(t.name, layer, module, is_a))
+    if (!parse_key(t.name, model.cfg.arch, layer, module, is_a))
       bad(path, t.name, "unexpected tensor " + t.name + " in the adapter",
-          "only LoRA A/B weights of q,k,v,o,gate,up,down_proj (PEFT key names, no \".default\") are supported.");
+          model.cfg.arch == Arch::GPT2
+              ? "only LoRA A/B weights of GPT-2's c_attn, c_proj, c_fc (PEFT key names under transformer.h, no \".default\") are supported."
+              : "only LoRA A/B weights of q,k,v,o,gate,up,down_proj (PEFT key names, no \".default\") are supported.");
     if (layer >= model.cfg.num_layers)
       bad(path, t.name, "tensor " + t.name + " refers to layer " + std::to_string(layer) + ", but the model has " +
                             std::to_string(model.cfg.num_layers) + " layers",
@@ -174,12 +182,15 @@ LoraState read_adapter(const std::string& dir, const Model& model) {
         "regex target_modules are not supported; list the modules explicitly.", tm ? tm->line() : 0);
   std::set<int> mods;
   for (const auto& item : tm->items()) {
-    const int m = item.is_string() ? module_from_name(item.as_string()) : -1;
-    if (m < 0)
+    const std::vector<int> ms = item.is_string() ? modules_for_target(model.cfg.arch, item.as_string()) : std::vector<int>{};
+    if (ms.empty()) {
+      std::string supported;
+      for (const auto& n : target_modules(model.cfg.arch)) supported += (supported.empty() ? "" : ", ") + n;
       bad(cfg_path, "target_modules", "target_modules lists " + (item.is_string() ? "\"" + item.as_string() + "\"" : std::string("a non-string")) +
-                                          ", which is not a supported module",
-          "supported: q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj.", item.line());
-    mods.insert(m);
+                                          ", which is not a supported module of this " + arch_name(model.cfg.arch) + " model",
+          "supported: " + supported + ".", item.line());
+    }
+    mods.insert(ms.begin(), ms.end());
   }
   spec.targets.assign(mods.begin(), mods.end());
   LoraState lora = lora_create(model, spec, 0, cfg_path);
@@ -195,7 +206,7 @@ void load_adapter_into(const std::string& dir, const Model& model, LoraState& lo
                      run_file, "lora.init_adapter", 0, "set lora.r to the adapter's r (" + std::to_string(loaded.spec.r) + ").");
   if (loaded.spec.targets != lora.spec.targets) {
     std::string list;
-    for (int m : loaded.spec.targets) list += (list.empty() ? "" : ", ") + std::string(module_name(m));
+    for (const auto& n : target_names(loaded.spec.targets)) list += (list.empty() ? "" : ", ") + n;
     throw InputError("config_field", "lora.init_adapter targets different modules than lora.targets", run_file,
                      "lora.init_adapter", 0, "set lora.targets to the adapter's modules: " + list + ".");
   }

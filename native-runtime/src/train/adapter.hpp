@@ -1,7 +1,9 @@
 #pragma once
 // PEFT LoRA adapters on disk (DESIGN.md "Adapter export"): adapter_model.safetensors with
-// keys base_model.model.model.layers.{i}.{self_attn|mlp}.{module}.lora_{A|B}.weight,
-// lora_A [r, in], lora_B [out, r], F32; and adapter_config.json as PEFT writes it.
+// keys base_model.model.model.layers.{i}.{self_attn|mlp}.{module}.lora_{A|B}.weight
+// (GPT-2: base_model.model.transformer.h.{i}.{attn|mlp}.{module}...), lora_A [r, in],
+// lora_B [out, r], F32 (the same for GPT-2's Conv1D layers, as PEFT writes them, with
+// fan_in_fan_out: true); and adapter_config.json as PEFT writes it.
 #include <string>
 #include <vector>
 

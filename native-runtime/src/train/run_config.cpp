@@ -167,6 +167,7 @@ RunConfig parse_run_config(const Json& root, const std::string& run_dir, const s
   c.rslora = l.boolean("rslora", false);
   c.targets = llama_target_modules();
   if (const Json* t = l.get("targets")) {
+    c.targets_default = false;
     c.targets_line = t->line();
     const std::string hint = "a non-empty list of module names, e.g. [\"q_proj\", \"v_proj\"].";
     if (!t->is_array() || t->items().empty()) l.fail("lora.targets", t->line(), "must be " + hint, "use " + hint);
@@ -254,19 +255,22 @@ RunConfig load_run_config(const std::string& run_dir) {
   return parse_run_config(root, abs, file);
 }
 
-std::vector<int> resolve_targets(const RunConfig& cfg) {
+std::vector<int> resolve_targets(const RunConfig& cfg, Arch arch) {
+  if (cfg.targets_default) return arch_modules(arch);
   std::vector<int> out;
   for (const auto& name : cfg.targets) {
-    const int m = module_from_name(name);
-    if (m < 0) {
+    const std::vector<int> ms = modules_for_target(arch, name);
+    if (ms.empty()) {
       std::string list;
-      for (const auto& n : llama_target_modules()) list += (list.empty() ? "" : ", ") + n;
-      throw InputError("config_field", "lora.targets names \"" + name + "\", which this model does not have",
+      for (const auto& n : target_modules(arch)) list += (list.empty() ? "" : ", ") + n;
+      throw InputError("config_field",
+                       "lora.targets names \"" + name + "\", which this " + arch_name(arch) + " model does not have",
                        cfg.file, "lora.targets", cfg.targets_line, "the model's modules are: " + list + ".");
     }
-    out.push_back(m);
+    out.insert(out.end(), ms.begin(), ms.end());
   }
   std::sort(out.begin(), out.end());
+  out.erase(std::unique(out.begin(), out.end()), out.end());
   return out;
 }
 

@@ -27,6 +27,7 @@ struct RunConfig {
   double dropout = 0.05;
   bool rslora = false;
   std::vector<std::string> targets;  // as written (validated against the model later)
+  bool targets_default = true;       // lora.targets absent: every module of the model's architecture
   int targets_line = 0;
   std::string init_adapter;          // absolute, empty when none
 
@@ -68,9 +69,11 @@ RunConfig load_run_config(const std::string& run_dir);
 // Same, from already-parsed JSON (tests).
 RunConfig parse_run_config(const class Json& root, const std::string& run_dir, const std::string& file);
 
-// Maps run.json's target names onto the model's modules; throws InputError (field
-// "lora.targets") naming the unknown module and listing the model's modules.
-std::vector<int> resolve_targets(const RunConfig& cfg);
+// Maps run.json's target names onto the modules of an `arch` model, as PEFT matches
+// target_modules (GPT-2's "c_proj" selects attn.c_proj and mlp.c_proj); absent targets
+// select all of them. Throws InputError (field "lora.targets") naming the unknown module
+// and listing the model's modules (a Llama name on GPT-2 and vice versa included).
+std::vector<int> resolve_targets(const RunConfig& cfg, Arch arch);
 
 const char* optimizer_name(Optimizer o);
 const char* schedule_name(Schedule s);

@@ -91,12 +91,20 @@ int run_train(const std::string& run_dir_arg, bool resume, EventSink& events, Tr
 
   const RunConfig cfg = load_run_config(run_dir);
   set_num_threads(static_cast<int>(cfg.threads));
-  const std::vector<int> targets = resolve_targets(cfg);
   if (cfg.dtype != "fp32")
     events.log("info", "compute.dtype " + cfg.dtype + ": the CPU path computes in fp32 (same results, more memory)");
 
   // The shards are checked before the (possibly long) model load, so bad data fails fast.
-  const uint32_t model_vocab = static_cast<uint32_t>(load_model_config(cfg.model).vocab_size);
+  const ModelConfig model_cfg = load_model_config(cfg.model);
+  const std::vector<int> targets = resolve_targets(cfg, model_cfg.arch);
+  // GPT-2's positions are a learned table: a document longer than it has no embedding.
+  if (model_cfg.arch == Arch::GPT2 && cfg.seq_len > model_cfg.max_position_embeddings)
+    throw InputError("config_field",
+                     "train.seq_len " + std::to_string(cfg.seq_len) + " exceeds the model's " +
+                         std::to_string(model_cfg.max_position_embeddings) + " learned positions (n_positions)",
+                     cfg.file, "train.seq_len", 0,
+                     "set train.seq_len to at most " + std::to_string(model_cfg.max_position_embeddings) + ".");
+  const uint32_t model_vocab = static_cast<uint32_t>(model_cfg.vocab_size);
   const TokenShard train_shard = read_shard(cfg.data_train, model_vocab);
   TokenShard eval_shard;
   if (!cfg.data_eval.empty()) eval_shard = read_shard(cfg.data_eval, model_vocab);
@@ -133,7 +141,7 @@ int run_train(const std::string& run_dir_arg, bool resume, EventSink& events, Tr
     m.set("bytes_base_disk", model.bytes_disk);
     m.set("bytes_lora", static_cast<uint64_t>(n_params) * 4);
     Json t = Json::array();
-    for (int x : targets) t.push(module_name(x));
+    for (const auto& name : target_names(targets)) t.push(name);
     m.set("targets", t);
     events.emit("model", m);
   }
