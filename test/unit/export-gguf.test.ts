@@ -10,7 +10,7 @@ import { readModelWeights, readSafetensorsHeader, readTensorF32, readTensorBytes
 import { f16ToF32, f32ToF16 } from '../../src/core/model/dtype';
 import { buildModelfile, exportAdapterGguf, exportGguf, exportModelGguf } from '../../src/core/export/ggufExport';
 import { ExportError, permuteRowsForGguf, ropeFreqFactors, readHfConfig, unpermuteRowsFromGguf } from '../../src/core/export/hfModel';
-import { GgmlType, GgufValueType, gv, writeGguf } from '../../src/core/export/gguf';
+import { GgmlType, GgufValueType, gv, quantizeQ8_0, writeGguf } from '../../src/core/export/gguf';
 import { writeRandomAdapter } from './exportReference';
 import { tempDir } from './exportReference';
 import * as ggufLib from '@huggingface/gguf';
@@ -322,4 +322,47 @@ test('model GGUF refuses what it cannot convert: a non-BPE tokenizer, a missing 
   fs.rmSync(tokFile);
   assert.throws(() => exportModelGguf({ modelDir, out: path.join(dir, 'm.gguf') }), /tokenizer\.json: file not found\. The model folder needs its tokenizer\.json/);
   assert.ok(!fs.existsSync(path.join(dir, 'm.gguf')));
+});
+
+test('Q8_0: blocks of 32 as gguf-py quantizes them (f16 absmax/127 scale, round half away from zero)', () => {
+  const x = Float32Array.from({ length: 64 }, (_, i) => (i < 32 ? (i - 16) / 8 : 0));
+  x[5] = -2.54; // the block's absmax, negative
+  const q = quantizeQ8_0(x);
+  assert.equal(q.length, 2 * 34);
+  const d = Math.fround(2.54 / 127);
+  assert.equal(q.readUInt16LE(0), f32ToF16(d));
+  assert.equal(q.readInt8(2 + 5), -127);
+  for (let i = 0; i < 32; i++) {
+    const r = Math.fround(x[i] / d);
+    assert.equal(q.readInt8(2 + i), Math.sign(r) * Math.floor(Math.abs(r) + 0.5), `element ${i}`);
+    // Rounding error d/2, plus up to 127 times the f16 rounding of d (2^-11 relative).
+    assert.ok(Math.abs(q.readInt8(2 + i) * f16ToF32(q.readUInt16LE(0)) - x[i]) <= d * (0.5 + 127 * 2 ** -11));
+  }
+  assert.equal(q.readUInt16LE(34), 0, 'an all-zero block has scale 0');
+  for (let i = 0; i < 32; i++) assert.equal(q.readInt8(36 + i), 0);
+  assert.throws(() => quantizeQ8_0(new Float32Array(40)), /multiple of 32/);
+});
+
+test('model GGUF (q8_0): file_type 7, Q8_0 matrices, f16 where rows do not split into blocks, f32 norms', async () => {
+  const dir = tmp('gguf-q8-');
+  const modelDir = path.join(dir, 'model');
+  writeTinyModel(modelDir, { layers: 1, hidden: 64, heads: 4, kvHeads: 2, intermediate: 176 });
+  const out = path.join(dir, 'model.gguf');
+  exportModelGguf({ modelDir, out, outType: 'q8_0' });
+  const p = await parse(out);
+  assert.equal((p.metadata as unknown as Record<string, unknown>)['general.file_type'], 7);
+  const type = (n: string) => p.tensorInfos.find((t) => t.name === n)!.dtype;
+  assert.equal(type('blk.0.attn_q.weight'), ggufLib.GGMLQuantizationType.Q8_0);
+  assert.equal(type('blk.0.ffn_up.weight'), ggufLib.GGMLQuantizationType.Q8_0);
+  assert.equal(type('token_embd.weight'), ggufLib.GGMLQuantizationType.Q8_0);
+  assert.equal(type('blk.0.ffn_down.weight'), ggufLib.GGMLQuantizationType.F16, 'rows of 176 are not a multiple of 32');
+  assert.equal(type('blk.0.attn_norm.weight'), ggufLib.GGMLQuantizationType.F32);
+  // The Q8_0 bytes are exactly quantizeQ8_0 of the (permuted) source rows.
+  const info = p.tensorInfos.find((t) => t.name === 'blk.0.attn_q.weight')!;
+  const bytes = Buffer.alloc(64 * 64 / 32 * 34);
+  const fd = fs.openSync(out, 'r');
+  fs.readSync(fd, bytes, 0, bytes.length, Number(p.tensorDataOffset) + Number(info.offset));
+  fs.closeSync(fd);
+  const src = readTensorF32(readModelWeights(modelDir).files[0], 'model.layers.0.self_attn.q_proj.weight');
+  assert.ok(bytes.equals(quantizeQ8_0(permuteRowsForGguf(src, 64, 64, 4))));
 });

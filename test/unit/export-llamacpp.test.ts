@@ -7,7 +7,7 @@ import * as path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { spawnSync } from 'node:child_process';
 import { TinyModelOptions, writeTinyModel } from '../../src/core/fixtures/tinyModel';
-import { exportGguf, GgufOutType } from '../../src/core/export/ggufExport';
+import { exportGguf, GgufModelOutType } from '../../src/core/export/ggufExport';
 import { Rng } from '../../src/core/fixtures/rng';
 import { argmax, maxAbsDiff, referenceLogits, runtimeLogits, runtimeWith, tempDir, writeRandomAdapter } from './exportReference';
 
@@ -83,13 +83,17 @@ function compare(got: Map<number, number>[], want: ArrayLike<number>[], vocab: n
   return { positions: got.length, top1, maxDiff };
 }
 
-const cases: [string, TinyModelOptions, GgufOutType, number][] = [
-  ['llama GQA, f32', { layers: 2, hidden: 64, heads: 4, kvHeads: 2 }, 'f32', 1e-3],
-  ['qwen2 with bias (NEOX rope), f32', { arch: 'qwen2', layers: 2, hidden: 64, heads: 4, kvHeads: 2 }, 'f32', 1e-3],
-  ['llama tied, f16 base', { layers: 2, hidden: 64, heads: 4, kvHeads: 1, tie: true }, 'f16', 5e-3],
+// [name, model, base precision, max logit difference, positions allowed to differ in top-1].
+// The random tiny models have near-tied logits, so 8-bit weights (and llama.cpp's 8-bit
+// activations in Q8_0 matmuls) flip a few close calls; exact formats must agree everywhere but 2.
+const cases: [string, TinyModelOptions, GgufModelOutType, number, number][] = [
+  ['llama GQA, f32', { layers: 2, hidden: 64, heads: 4, kvHeads: 2 }, 'f32', 1e-3, 2],
+  ['qwen2 with bias (NEOX rope), f32', { arch: 'qwen2', layers: 2, hidden: 64, heads: 4, kvHeads: 2 }, 'f32', 1e-3, 2],
+  ['llama tied, f16 base', { layers: 2, hidden: 64, heads: 4, kvHeads: 1, tie: true }, 'f16', 5e-3, 2],
+  ['llama GQA, q8_0 base (ffn_down rows of 176 fall back to f16)', { layers: 2, hidden: 64, heads: 4, kvHeads: 2 }, 'q8_0', 2e-2, 8],
 ];
 
-for (const [name, opts, outType, tol] of cases) {
+for (const [name, opts, outType, tol, flips] of cases) {
   test(`llama.cpp: base GGUF + LoRA GGUF match the reference forward (${name})`, { skip, timeout: 300_000 }, async (t) => {
     const dir = tempDir('llamacpp-');
     const modelDir = path.join(dir, 'model');
@@ -105,7 +109,7 @@ for (const [name, opts, outType, tol] of cases) {
     t.diagnostic(`base+LoRA: top-1 ${lora.top1}/${lora.positions}, max |llama.cpp - reference| = ${lora.maxDiff.toExponential(3)}`);
     for (const a of [base, lora]) {
       assert.ok(a.maxDiff < tol, `max logit difference ${a.maxDiff} (tolerance ${tol})`);
-      assert.ok(a.top1 >= a.positions - 2, `top-1 agreement ${a.top1}/${a.positions}`);
+      assert.ok(a.top1 >= a.positions - flips, `top-1 agreement ${a.top1}/${a.positions}`);
     }
   });
 }

@@ -19,7 +19,11 @@ export enum GgufValueType {
 }
 
 /** The ggml tensor types this writer emits. */
-export enum GgmlType { F32 = 0, F16 = 1 }
+export enum GgmlType { F32 = 0, F16 = 1, Q8_0 = 8 }
+
+/** Q8_0: blocks of 32 along the innermost dimension, each an f16 scale then 32 int8 values. */
+export const Q8_0_BLOCK = 32;
+const Q8_0_BLOCK_BYTES = 2 + Q8_0_BLOCK;
 
 export type GgufScalarType = Exclude<GgufValueType, GgufValueType.ARRAY>;
 
@@ -124,11 +128,36 @@ function writeScalar(w: ByteWriter, type: GgufScalarType, v: number | bigint | b
 }
 
 function tensorBytes(t: GgufTensor): number {
-  return t.shape.reduce((a, b) => a * b, 1) * (t.type === GgmlType.F32 ? 4 : 2);
+  const n = t.shape.reduce((a, b) => a * b, 1);
+  if (t.type === GgmlType.Q8_0) return (n / Q8_0_BLOCK) * Q8_0_BLOCK_BYTES;
+  return n * (t.type === GgmlType.F32 ? 4 : 2);
+}
+
+/** Q8_0 as gguf-py's quants.py computes it: d = absmax / 127 (stored as f16), q = round(x / d)
+ *  with halves away from zero, using the unrounded d; an all-zero block has d = 0 and q = 0. */
+export function quantizeQ8_0(values: Float32Array): Buffer {
+  if (values.length % Q8_0_BLOCK !== 0) throw new Error(`Q8_0 needs a multiple of ${Q8_0_BLOCK} values, got ${values.length}`);
+  const blocks = values.length / Q8_0_BLOCK;
+  const out = Buffer.alloc(blocks * Q8_0_BLOCK_BYTES);
+  for (let b = 0; b < blocks; b++) {
+    const base = b * Q8_0_BLOCK;
+    let amax = 0;
+    for (let i = 0; i < Q8_0_BLOCK; i++) amax = Math.max(amax, Math.abs(values[base + i]));
+    const d = Math.fround(amax / 127);
+    const o = b * Q8_0_BLOCK_BYTES;
+    out.writeUInt16LE(f32ToF16(d), o);
+    for (let i = 0; i < Q8_0_BLOCK; i++) {
+      const x = d === 0 ? 0 : Math.fround(values[base + i] / d);
+      const q = Math.sign(x) * Math.floor(Math.abs(x) + 0.5);
+      out.writeInt8(Math.max(-127, Math.min(127, q)), o + 2 + i);
+    }
+  }
+  return out;
 }
 
 function encodeTensor(values: Float32Array, type: GgmlType): Buffer {
   if (type === GgmlType.F32) return Buffer.from(values.buffer, values.byteOffset, values.byteLength);
+  if (type === GgmlType.Q8_0) return quantizeQ8_0(values);
   const out = Buffer.alloc(values.length * 2);
   for (let i = 0; i < values.length; i++) out.writeUInt16LE(f32ToF16(values[i]), i * 2);
   return out;
@@ -159,6 +188,9 @@ export function writeGguf(file: string, metadata: ReadonlyMap<string, GgufValue>
     if (Buffer.byteLength(t.name) >= 64) throw new Error(`GGUF: tensor name "${t.name}" is longer than 63 bytes`);
     if (t.shape.length === 0 || t.shape.length > 4 || t.shape.some((d) => !Number.isInteger(d) || d <= 0)) {
       throw new Error(`GGUF: tensor ${t.name} has shape [${t.shape.join(', ')}]; need 1 to 4 positive dimensions`);
+    }
+    if (t.type === GgmlType.Q8_0 && t.shape[t.shape.length - 1] % Q8_0_BLOCK !== 0) {
+      throw new Error(`GGUF: tensor ${t.name} cannot be Q8_0: its rows of ${t.shape[t.shape.length - 1]} are not a multiple of ${Q8_0_BLOCK}`);
     }
   }
 

@@ -11,10 +11,12 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { SafetensorsError, SafetensorsHeader, readSafetensorsHeader, readTensorF32 } from '../model/safetensors';
-import { GgmlType, GgufTensor, GgufValue, gv, writeGguf } from './gguf';
+import { GgmlType, GgufTensor, GgufValue, Q8_0_BLOCK, gv, writeGguf } from './gguf';
 import { ExportError, HfModel, HfModelConfig, openHfModel, permuteRowsForGguf, readHfConfig, readJson, ropeFreqFactors } from './hfModel';
 
 export type GgufOutType = 'f32' | 'f16';
+/** Model precision: adapters are f32 or f16; models may also be Q8_0. */
+export type GgufModelOutType = GgufOutType | 'q8_0';
 
 export interface ExportProgress {
   phase: string;
@@ -304,7 +306,7 @@ export function readGgufVocab(modelDir: string, cfg: HfModelConfig): GgufVocab {
 export interface ModelGgufOptions {
   modelDir: string;
   out: string;
-  outType?: GgufOutType;
+  outType?: GgufModelOutType;
   name?: string;
   onProgress?: ProgressCallback;
 }
@@ -317,14 +319,16 @@ export interface ModelGgufResult {
 }
 
 /** The GGUF model tensors in convert_hf_to_gguf.py's order, read lazily from the HF folder. */
-export function modelGgufTensors(model: HfModel, outType: GgufOutType): GgufTensor[] {
+export function modelGgufTensors(model: HfModel, outType: GgufModelOutType): GgufTensor[] {
   const cfg = model.config;
   const arch = ggufArchitecture(cfg);
-  const big = outType === 'f16' ? GgmlType.F16 : GgmlType.F32;
+  const big = outType === 'f16' ? GgmlType.F16 : outType === 'q8_0' ? GgmlType.Q8_0 : GgmlType.F32;
   const tensors: GgufTensor[] = [];
   const add = (name: string, hfName: string, shape: number[], permuteHeads: number | null = null) => {
-    // Norms, biases and rope factors stay f32 like convert_hf_to_gguf.py does for 1-D tensors.
-    const type = shape.length === 1 ? GgmlType.F32 : big;
+    // Norms, biases and rope factors stay f32 like convert_hf_to_gguf.py does for 1-D tensors;
+    // a matrix whose rows do not split into Q8_0 blocks falls back to f16, as it does there too.
+    let type = shape.length === 1 ? GgmlType.F32 : big;
+    if (type === GgmlType.Q8_0 && shape[shape.length - 1] % Q8_0_BLOCK !== 0) type = GgmlType.F16;
     tensors.push({
       name, shape, type,
       data: () => {
@@ -357,7 +361,10 @@ export function modelGgufTensors(model: HfModel, outType: GgufOutType): GgufTens
   return tensors;
 }
 
-export function modelGgufMetadata(model: HfModel, outType: GgufOutType, name: string): Map<string, GgufValue> {
+/** llama_ftype: 0 = ALL_F32, 1 = MOSTLY_F16, 7 = MOSTLY_Q8_0. */
+const FILE_TYPE: Record<GgufModelOutType, number> = { f32: 0, f16: 1, q8_0: 7 };
+
+export function modelGgufMetadata(model: HfModel, outType: GgufModelOutType, name: string): Map<string, GgufValue> {
   const cfg = model.config;
   const a = ggufArchitecture(cfg).name;
   const vocab = readGgufVocab(model.dir, cfg);
@@ -366,8 +373,7 @@ export function modelGgufMetadata(model: HfModel, outType: GgufOutType, name: st
     ['general.type', gv.str('model')],
     ['general.name', gv.str(name)],
     ['general.alignment', gv.u32(32)],
-    // llama_ftype: 0 = ALL_F32, 1 = MOSTLY_F16.
-    ['general.file_type', gv.u32(outType === 'f16' ? 1 : 0)],
+    ['general.file_type', gv.u32(FILE_TYPE[outType])],
     [`${a}.vocab_size`, gv.u32(cfg.vocab)],
     [`${a}.context_length`, gv.u32(cfg.maxPositions)],
     [`${a}.embedding_length`, gv.u32(cfg.hidden)],
@@ -472,7 +478,7 @@ export interface ExportGgufOptions {
   /** PEFT adapter folder; when given, an adapter GGUF and a Modelfile with ADAPTER are written. */
   adapterDir?: string;
   outDir: string;
-  outType?: GgufOutType;
+  outType?: GgufModelOutType;
   /** Adapter precision; defaults to f32 (adapters are small). */
   adapterOutType?: GgufOutType;
   /** Skip the model GGUF (e.g. when the base GGUF already exists). */
