@@ -1,8 +1,8 @@
 #!/usr/bin/env node
 // Builds the bundles the extension ships:
 //  - the webviews: type-checks webview/ (DOM types, separate from the Node tsconfig), then
-//    bundles webview/main.ts (training panel) and webview/compare.ts (Compare Runs) into
-//    dist/webview/{panel,compare}.js, and one stylesheet (uPlot's plus ours) into panel.css;
+//    bundles webview/main.ts (training panel), webview/compare.ts (Compare Runs) and
+//    webview/playground.ts (Try Adapter) into dist/webview/{panel,compare,playground}.js, and one stylesheet (uPlot's plus ours) into panel.css;
 //  - the extension host side: src/extension/extension.ts and the core modules it uses into
 //    dist/extension.js (package.json "main"), so activation reads one file instead of dozens.
 //    Core modules stay lazily evaluated (they are required on first use); packages with
@@ -27,7 +27,8 @@ if (!process.argv.includes('--no-check')) {
 }
 
 await build({
-  entryPoints: { panel: path.join(root, 'webview', 'main.ts'), compare: path.join(root, 'webview', 'compare.ts') },
+  entryPoints: { panel: path.join(root, 'webview', 'main.ts'), compare: path.join(root, 'webview', 'compare.ts'),
+                 playground: path.join(root, 'webview', 'playground.ts') },
   outdir: outDir,
   bundle: true,
   format: 'iife',

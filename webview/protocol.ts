@@ -97,6 +97,12 @@ export interface CompareRun { id: string; label: string; status: string; steps: 
 /** A config field that differs between the compared runs, one display value per run. */
 export interface CompareDiff { field: string; values: string[] }
 
+/** Generation settings of the playground ("Try Adapter"). */
+export interface PlaygroundSettings { temperature: number; topP: number; maxTokens: number; system?: string }
+export type PlaygroundSide = 'base' | 'adapter';
+export const PLAYGROUND_MAX_TOKENS = 4096;
+export const PLAYGROUND_MAX_PROMPT = 32_768;
+
 export type HostMessage =
   | { type: 'init'; version: number; trusted: boolean; untrustedReason?: string; presets: PresetInfo[];
       config: PanelConfig; cachedModels: CachedModel[]; device: DeviceInfo | null }
@@ -111,7 +117,15 @@ export type HostMessage =
   | { type: 'runEnded'; runId: string; status: RunStatus; adapter?: string; message?: string; hint?: string }
   | { type: 'downloadProgress'; repoId: string; file: string; bytes: number; totalBytes: number; done: boolean; error?: string }
   | { type: 'notice'; level: 'info' | 'warning' | 'error'; message: string; hint?: string }
-  | { type: 'compare'; runs: CompareRun[]; diff: CompareDiff[] };
+  | { type: 'compare'; runs: CompareRun[]; diff: CompareDiff[] }
+  | { type: 'playgroundInit'; run: string; model: string; adapter: string; settings: PlaygroundSettings; pinnedCount: number }
+  /** The host is preparing models or generating (busy), or went idle; level error carries a failure. */
+  | { type: 'playgroundStatus'; busy: boolean; level: 'info' | 'error'; message: string; hint?: string }
+  /** A new answer starts: both columns are cleared and show this prompt. */
+  | { type: 'playgroundStart'; prompt: string }
+  /** Text appended to one column, with that column's running token count and decode speed. */
+  | { type: 'playgroundTokens'; side: PlaygroundSide; text: string; tokens: number; tokensPerS: number }
+  | { type: 'playgroundDone'; side: PlaygroundSide; tokens: number; tokensPerS: number; stopReason: 'eos' | 'max_tokens' | 'cancelled' };
 
 export type PanelMessage =
   | { type: 'ready' }
@@ -124,6 +138,9 @@ export type PanelMessage =
   | { type: 'stop' }
   | { type: 'revealAdapter'; runId: string }
   | { type: 'showLog' }
+  | { type: 'generate'; prompt: string; settings: PlaygroundSettings }
+  | { type: 'cancelGeneration' }
+  | { type: 'runPinned'; settings: PlaygroundSettings }
   /** The panel dropped a host message that failed validation; the host logs it. */
   | { type: 'rejected'; error: string };
 
@@ -347,6 +364,16 @@ function parseCompareRun(v: unknown, at: string): CompareRun {
   return r;
 }
 
+export function parsePlaygroundSettings(v: unknown, at: string): PlaygroundSettings {
+  const o = obj(v, at);
+  const topP = num(o, 'topP', at, 0, 1);
+  if (topP === 0) throw new ProtocolError(`${at}.topP: must be above 0`);
+  const system = optStr(o, 'system', at, PLAYGROUND_MAX_PROMPT);
+  return { temperature: num(o, 'temperature', at, 0, 2), topP, maxTokens: int(o, 'maxTokens', at, 1, PLAYGROUND_MAX_TOKENS),
+           ...(system !== undefined && system.trim() ? { system } : {}) };
+}
+const SIDES = ['base', 'adapter'] as const;
+
 const RUN_ID = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
 function runId(o: Obj, at: string): string {
   const id = str(o, 'runId', at, 128);
@@ -370,8 +397,15 @@ export function parsePanelMessage(v: unknown): Parsed<PanelMessage> {
     const o = obj(v, 'message');
     const type = str(o, 'type', 'message', 32);
     switch (type) {
-      case 'ready': case 'pickModel': case 'pickDataset': case 'stop': case 'showLog':
+      case 'ready': case 'pickModel': case 'pickDataset': case 'stop': case 'showLog': case 'cancelGeneration':
         return { type };
+      case 'generate': {
+        const prompt = str(o, 'prompt', 'message', PLAYGROUND_MAX_PROMPT);
+        if (!prompt.trim()) throw new ProtocolError('message.prompt: empty');
+        return { type, prompt, settings: parsePlaygroundSettings(o.settings, 'message.settings') };
+      }
+      case 'runPinned':
+        return { type, settings: parsePlaygroundSettings(o.settings, 'message.settings') };
       case 'selectCachedModel':
         return { type, path: str(o, 'path', 'message') };
       case 'downloadModel': {
@@ -441,6 +475,19 @@ export function parseHostMessage(v: unknown): Parsed<HostMessage> {
             return x;
           }, 32) };
         }, 500) };
+      case 'playgroundInit':
+        return { type, run: str(o, 'run', at, 300), model: str(o, 'model', at), adapter: str(o, 'adapter', at),
+                 settings: parsePlaygroundSettings(o.settings, `${at}.settings`), pinnedCount: int(o, 'pinnedCount', at) };
+      case 'playgroundStatus':
+        return withOpt({ type, busy: bool(o, 'busy', at), level: oneOf(o, 'level', at, ['info', 'error'] as const), message: str(o, 'message', at) }, ['hint']);
+      case 'playgroundStart':
+        return { type, prompt: str(o, 'prompt', at, PLAYGROUND_MAX_PROMPT) };
+      case 'playgroundTokens':
+        return { type, side: oneOf(o, 'side', at, SIDES), text: str(o, 'text', at, 1 << 20), tokens: int(o, 'tokens', at),
+                 tokensPerS: num(o, 'tokensPerS', at, 0) };
+      case 'playgroundDone':
+        return { type, side: oneOf(o, 'side', at, SIDES), tokens: int(o, 'tokens', at), tokensPerS: num(o, 'tokensPerS', at, 0),
+                 stopReason: oneOf(o, 'stopReason', at, ['eos', 'max_tokens', 'cancelled'] as const) };
       default:
         throw new ProtocolError(`message.type: "${type}" is not a host message`);
     }

@@ -61,6 +61,61 @@ export function renderCompareHtml(o: PanelHtmlOptions): string {
 </html>`;
 }
 
+/** The playground ("Try Adapter"): a prompt box, generation settings, and the base and
+ *  adapter answers streaming side by side, each with its decode speed. */
+export function renderPlaygroundHtml(o: PanelHtmlOptions): string {
+  const nonce = o.nonce ?? makeNonce();
+  return `<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="UTF-8">
+<meta http-equiv="Content-Security-Policy" content="${attr(contentSecurityPolicy(o.cspSource, nonce))}">
+<meta property="csp-nonce" content="${nonce}">
+<meta name="viewport" content="width=device-width, initial-scale=1.0">
+<link rel="stylesheet" href="${attr(o.styleUri)}">
+<title>Try Adapter</title>
+</head>
+<body class="playground">
+<header class="pg-head">
+  <h3 id="pg-title">Try adapter</h3>
+  <div id="pg-source" class="muted small"></div>
+</header>
+<form id="pg-form" class="pg-form" autocomplete="off" novalidate>
+  <label for="pg-prompt" class="pg-label">Prompt <span class="muted small">(the model's chat template is applied; Ctrl+Enter sends)</span></label>
+  <textarea id="pg-prompt" rows="4" placeholder="Ask something the adapter was trained for"></textarea>
+  <details id="pg-system-box">
+    <summary>System message</summary>
+    <textarea id="pg-system" rows="2" placeholder="Optional"></textarea>
+  </details>
+  <div class="pg-settings">
+    <label>temperature <input id="pg-temperature" type="number" min="0" max="2" step="0.05"></label>
+    <label>top-p <input id="pg-top-p" type="number" min="0.01" max="1" step="0.01"></label>
+    <label>max tokens <input id="pg-max-tokens" type="number" min="1" max="4096" step="1"></label>
+  </div>
+  <div class="pg-actions">
+    <button id="pg-generate" type="submit" disabled>Generate</button>
+    <button id="pg-stop" type="button" class="secondary" disabled>Stop</button>
+    <button id="pg-pinned" type="button" class="secondary" disabled title=".lora-studio/pinned-prompts.json: answers are saved beside the run">Run pinned prompts</button>
+    <span id="pg-status" class="muted small" role="status"></span>
+  </div>
+  <div id="pg-error" class="banner error" role="alert" hidden></div>
+</form>
+<div id="pg-asked" class="pg-asked muted" hidden></div>
+<div class="pg-columns">
+  <section class="pg-column" id="pg-col-base" data-side="base">
+    <div class="pg-col-head"><span class="pg-col-title">Base</span><span class="pg-rate muted small" id="pg-rate-base"></span></div>
+    <pre class="pg-output" id="pg-out-base" aria-live="polite"></pre>
+  </section>
+  <section class="pg-column" id="pg-col-adapter" data-side="adapter">
+    <div class="pg-col-head"><span class="pg-col-title">Adapter</span><span class="pg-rate muted small" id="pg-rate-adapter"></span></div>
+    <pre class="pg-output" id="pg-out-adapter" aria-live="polite"></pre>
+  </section>
+</div>
+<script nonce="${nonce}" src="${attr(o.scriptUri)}"></script>
+</body>
+</html>`;
+}
+
 export function renderPanelHtml(o: PanelHtmlOptions): string {
   const nonce = o.nonce ?? makeNonce();
   const csp = contentSecurityPolicy(o.cspSource, nonce);

@@ -9,7 +9,7 @@ import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { chromium, type Browser, type Page } from 'playwright-core';
-import { renderCompareHtml, renderPanelHtml } from '../../src/extension/panelHtml';
+import { renderCompareHtml, renderPanelHtml, renderPlaygroundHtml } from '../../src/extension/panelHtml';
 
 export const ROOT = path.resolve(__dirname, '..', '..', '..');
 export const CHROMIUM = '/usr/bin/chromium';
@@ -153,6 +153,11 @@ export async function servePanel(): Promise<PanelServer> {
     if (url.pathname === '/compare') {
       res.writeHead(200, { 'content-type': 'text/html; charset=utf-8' });
       res.end(renderCompareHtml({ cspSource: origin, scriptUri: `${origin}/compare.js`, styleUri: `${origin}/panel.css` }));
+      return;
+    }
+    if (url.pathname === '/playground') {
+      res.writeHead(200, { 'content-type': 'text/html; charset=utf-8' });
+      res.end(renderPlaygroundHtml({ cspSource: origin, scriptUri: `${origin}/playground.js`, styleUri: `${origin}/panel.css` }));
       return;
     }
     const file = path.join(dist, path.basename(url.pathname));
