@@ -1,6 +1,6 @@
 // Entry points for the extension and the CLI: GGUF (llama.cpp / Ollama) and ONNX export.
 export { exportGguf, exportAdapterGguf, exportModelGguf, buildModelfile, readAdapter } from './ggufExport';
-export type { ExportGgufOptions, ExportGgufResult, ExportProgress, ProgressCallback, GgufOutType } from './ggufExport';
+export type { ExportGgufOptions, ExportGgufResult, ExportProgress, ProgressCallback, GgufOutType, GgufModelOutType } from './ggufExport';
 export { exportOnnx, onnxIoNames } from './onnx';
 export type { OnnxExportOptions, OnnxExportResult } from './onnx';
 export { ExportError } from './hfModel';
