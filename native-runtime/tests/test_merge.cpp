@@ -1,12 +1,14 @@
 // `lora-runtime merge`: the delta kernel on exactly representable values, the merged weights
 // of a whole tiny model against W0 + scale * B A computed here in double, untouched tensors
-// carried over bit for bit, and refusals (mismatched adapter, non-empty --out).
+// carried over bit for bit, GPT-2's transposed Conv1D weights, and refusals (mismatched adapter, non-empty --out).
 #include <cmath>
 #include <cstring>
 
 #include "common/errors.hpp"
 #include "common/json.hpp"
 #include "formats/safetensors.hpp"
+#include "gpt2_fixture.hpp"
+#include "model/logits.hpp"
 #include "model/lora.hpp"
 #include "model/merge.hpp"
 #include "model/model.hpp"
@@ -186,4 +188,45 @@ TEST(merge_refuses_mismatched_adapter_and_nonempty_out) {
   CHECK(!path_exists(o.out + "/keep"));
   CHECK(path_exists(o.out + "/model.safetensors"));
   CHECK(path_exists(o.out + "/config.json"));
+}
+
+TEST(merge_gpt2_conv1d_weights_give_the_logits_of_base_plus_adapter) {
+  // Conv1D weights are stored [in, out]: a merge that forgot to transpose the delta would
+  // fail the shape-free element comparison below through the logits.
+  for (bool prefix : {true, false}) {
+    const std::string root = lora_test::make_temp_dir("merge-gpt2");
+    lora_test::TinyGpt2Spec spec;
+    spec.prefix = prefix;
+    spec.attn_buffers = true;
+    make_dirs(root + "/base");
+    lora_test::write_tiny_gpt2(spec, root + "/base");
+    const Model base = load_model(root + "/base", QuantSettings{});
+    LoraSpec s;
+    s.r = 4;
+    s.alpha = 8;
+    s.targets = arch_modules(Arch::GPT2);
+    LoraState lora = lora_create(base, s, 3);
+    for (size_t i = 0; i < lora.params.size(); ++i) lora.params[i] = 0.003f * static_cast<float>(i % 211) - 0.3f;
+    write_adapter(root + "/adapter", lora, root + "/base");
+    MergeOptions o;
+    o.model = root + "/base";
+    o.adapter = root + "/adapter";
+    o.out = root + "/merged";
+    o.dtype = DType::F32;
+    const MergeResult r = merge_adapter(o);
+    CHECK_EQ(r.merged_modules, spec.layers * 4);
+    const Model merged = load_model(o.out, QuantSettings{});
+    const std::vector<int32_t> tokens = {1, 7, 3, 60, 22, 9, 41, 5};
+    const std::vector<float> want = compute_logits(base, &lora, tokens, false);
+    const std::vector<float> got = compute_logits(merged, nullptr, tokens, false);
+    const std::vector<float> plain = compute_logits(base, nullptr, tokens, false);
+    CHECK_EQ(got.size(), want.size());
+    double worst = 0, effect = 0;
+    for (size_t i = 0; i < got.size() && i < want.size(); ++i) {
+      worst = std::max(worst, static_cast<double>(std::fabs(got[i] - want[i])));
+      effect = std::max(effect, static_cast<double>(std::fabs(plain[i] - want[i])));
+    }
+    CHECK(effect > 1e-2);
+    CHECK(worst < 1e-4);
+  }
 }

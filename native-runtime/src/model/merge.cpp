@@ -9,6 +9,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <map>
+#include <stdexcept>
 
 #include "common/errors.hpp"
 #include "common/json.hpp"
@@ -112,6 +113,13 @@ std::string shard_header(const std::vector<Planned>& tensors) {
   return h;
 }
 
+// out[cols, rows] = in[rows, cols]^T
+void transpose(const float* in, int64_t rows, int64_t cols, std::vector<float>& out) {
+  out.resize(static_cast<size_t>(rows * cols));
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c) out[c * rows + r] = in[r * cols + c];
+}
+
 }  // namespace
 
 bool merge_dtype_from_name(const std::string& s, DType& out) {
@@ -160,9 +168,17 @@ MergeResult merge_adapter(const MergeOptions& opt) {
   }
 
   const WeightStore store(opt.model);
+  // GPT-2's Conv1D weights are stored [in, out] under "transformer.h.N" or, for GPT2Model
+  // checkpoints, "h.N"; the delta B A is [out, in], so they are merged transposed.
+  const bool conv1d = cfg.arch == Arch::GPT2;
+  const std::string drop_prefix = conv1d && store.find("wte.weight") ? "transformer." : "";
   std::map<std::string, std::pair<int64_t, int>> linear_of;
   for (int64_t l = 0; l < cfg.num_layers; ++l)
-    for (int m = 0; m < kNumModules; ++m) linear_of[module_path(l, m) + ".weight"] = {l, m};
+    for (int m : arch_modules(cfg.arch)) {
+      std::string name = module_path(l, m) + ".weight";
+      if (!drop_prefix.empty() && name.rfind(drop_prefix, 0) == 0) name = name.substr(drop_prefix.size());
+      linear_of[name] = {l, m};
+    }
 
   std::vector<Planned> all;
   std::map<std::string, size_t> file_rank;
@@ -196,7 +212,7 @@ MergeResult merge_adapter(const MergeOptions& opt) {
   make_dirs(tmp);
   try {
     Json weight_map = Json::object();
-    std::vector<float> buf;
+    std::vector<float> buf, linear;
     std::vector<uint8_t> bytes;
     for (size_t s = 0; s < shards.size(); ++s) {
       char fname[64];
@@ -219,19 +235,24 @@ MergeResult merge_adapter(const MergeOptions& opt) {
         const int64_t n = p.src->numel();
         buf.resize(static_cast<size_t>(n));
         store.read_f32(p.name, p.src->shape, buf.data());
-        if (p.layer >= 0) {
-          const int64_t rows = p.src->shape[0], cols = p.src->shape[1];
+        const LoraSlot* slot = p.layer >= 0 ? &lora.slot(p.layer, p.module) : nullptr;
+        if (slot && (slot->a >= 0 || opt.quant != QuantType::None)) {
+          // w: (out, in) as nn.Linear holds it, which is also the layout load_model quantizes.
+          const int64_t rows = conv1d ? p.src->shape[1] : p.src->shape[0];
+          const int64_t cols = conv1d ? p.src->shape[0] : p.src->shape[1];
+          if (conv1d) transpose(buf.data(), p.src->shape[0], p.src->shape[1], linear);
+          float* w = conv1d ? linear.data() : buf.data();
           if (opt.quant != QuantType::None) {
             // The same settings as `eval`/`logits --quant`: blocks of 64, double quantization.
-            const QuantizedMatrix q = quantize_matrix(buf.data(), rows, cols, opt.quant, 64, true);
-            dequantize_rows(q, 0, rows, buf.data());
+            const QuantizedMatrix q = quantize_matrix(w, rows, cols, opt.quant, 64, true);
+            dequantize_rows(q, 0, rows, w);
           }
-          const LoraSlot& slot = lora.slot(p.layer, p.module);
-          if (slot.a >= 0) {
-            merge_lora_delta(buf.data(), lora.params.data() + slot.a, lora.params.data() + slot.b, rows, cols,
-                             lora.spec.r, lora.scale);
+          if (slot->a >= 0) {
+            merge_lora_delta(w, lora.params.data() + slot->a, lora.params.data() + slot->b, rows, cols, lora.spec.r,
+                             lora.scale);
             ++res.merged_modules;
           }
+          if (conv1d) transpose(linear.data(), rows, cols, buf);
         }
         bytes.resize(p.bytes);
         if (p.dtype == DType::F32) {
@@ -247,6 +268,14 @@ MergeResult merge_adapter(const MergeOptions& opt) {
       }
       w.commit();
     }
+    int64_t targeted = 0;
+    for (int64_t l = 0; l < lora.layers; ++l)
+      for (int m = 0; m < kNumModules; ++m) targeted += lora.slot(l, m).a >= 0;
+    // inspect_model checked that every module's weight exists, so a shortfall is a naming bug
+    // here, and a folder missing part of the adapter must not be passed off as merged.
+    if (res.merged_modules != targeted)
+      throw std::logic_error("merge: " + std::to_string(res.merged_modules) + " of " + std::to_string(targeted) +
+                             " adapted modules found among the base's tensors");
     if (shards.size() > 1) {
       Json meta = Json::object();
       meta.set("total_size", res.bytes);
