@@ -118,6 +118,12 @@ function renderTargets(): void {
   }
 }
 
+/** "Attention only" for the chosen model: GPT-2's fused q/k/v is c_attn (PEFT's default
+ *  for gpt2); its c_proj also names the MLP's output projection, so it is left out. */
+function attentionTargets(): readonly string[] {
+  return state.modelTargets.includes('c_attn') ? ['c_attn'] : ATTENTION_TARGETS;
+}
+
 function setTargets(wanted: readonly string[]): void {
   if (!state.config) return;
   const names = state.modelTargets.length ? state.modelTargets : ALL_LINEAR_TARGETS;
@@ -198,10 +204,12 @@ function bindForm(): void {
     state.config = { ...structuredClone(p.config), ...keep, preset: p.id };
     const allowed = state.modelTargets.length ? state.modelTargets : ALL_LINEAR_TARGETS;
     state.config.lora.targets = state.config.lora.targets.filter((t) => allowed.includes(t));
+    // Presets name Llama modules; on another architecture keep their intent (attention).
+    if (state.config.lora.targets.length === 0) state.config.lora.targets = attentionTargets().slice();
     renderForm(state.config);
     changed();
   });
-  $('targets-attention').addEventListener('click', () => setTargets(ATTENTION_TARGETS));
+  $('targets-attention').addEventListener('click', () => setTargets(attentionTargets()));
   $('targets-all').addEventListener('click', () => setTargets(state.modelTargets.length ? state.modelTargets : ALL_LINEAR_TARGETS));
   $('pick-model').addEventListener('click', () => post({ type: 'pickModel' }));
   $('pick-dataset').addEventListener('click', () => post({ type: 'pickDataset' }));

@@ -29,7 +29,7 @@
 //   slack         = 5% of the above on CUDA for allocator fragmentation
 // test/unit/estimate-runtime.test.ts checks it against the runtime's measured peak RSS on CPU;
 // see docs/estimate.md.
-import { ModelInspection } from './model/inspect';
+import { ModelInspection, TargetModuleInfo, targetShapes } from './model/inspect';
 import { DTYPE_BYTES } from './model/dtype';
 
 export interface EstimateInput {
@@ -94,14 +94,17 @@ export function estimateMemory(inp: EstimateInput): MemoryEstimate {
   const baseLinear = Math.ceil(m.paramsLinear * perElem);
   const otherBytes = cpu ? 4 : DTYPE_BYTES[m.dtype] ?? 2;
   const baseOther = m.paramsOther * otherBytes;
-  const largest = m.targets.reduce((mx, t) => Math.max(mx, t.inFeatures * t.outFeatures), 0);
+  // GPT-2's c_proj selects two modules per layer: count each (targetShapes).
+  const shapesOf = (t: TargetModuleInfo) => targetShapes(t);
+  const largest = m.targets.reduce((mx, t) => Math.max(mx, ...shapesOf(t).map((s) => s.inFeatures * s.outFeatures)), 0);
   const dequant = cpu || inp.quant.type !== 'none' ? largest * (cpu ? 4 : a) : 0;
 
-  const P = chosen.reduce((s, t) => s + t.layers * inp.lora.r * (t.inFeatures + t.outFeatures), 0);
+  const P = chosen.reduce((s, t) => s + shapesOf(t).reduce((u, x) => u + t.layers * inp.lora.r * (x.inFeatures + x.outFeatures), 0), 0);
   const loraBytes = P * (inp.train.optimizer === 'adamw' ? 16 : 8);
 
-  const loraActs = chosen.length * inp.lora.r;
-  const dropoutCopies = inp.lora.dropout > 0 ? chosen.reduce((s, t) => s + t.inFeatures, 0) * (a + 1) : 0;
+  const loraActs = chosen.reduce((s, t) => s + shapesOf(t).length, 0) * inp.lora.r;
+  const dropoutCopies = inp.lora.dropout > 0
+    ? chosen.reduce((s, t) => s + shapesOf(t).reduce((u, x) => u + x.inFeatures, 0), 0) * (a + 1) : 0;
   const perTokenLayer = a * (3 * H + 2 + 2 * qDim + 2 * kvDim + m.heads + 3 * I + loraActs) + dropoutCopies;
   const layerInputs = (L + 1) * H * a;
   const actsNoCkpt = T * (L * perTokenLayer + layerInputs);

@@ -384,6 +384,12 @@ EvalResult run_eval(const EvalOptions& opt) {
     if (model.cfg.max_position_embeddings > 0) seq_len = std::min(seq_len, model.cfg.max_position_embeddings);
     seq_len = std::max<int64_t>(seq_len, 2);
   }
+  if (model.cfg.arch == Arch::GPT2 && seq_len > model.cfg.max_position_embeddings)
+    throw InputError("usage",
+                     "--seq-len " + std::to_string(seq_len) + " exceeds the model's " +
+                         std::to_string(model.cfg.max_position_embeddings) + " learned positions (n_positions)",
+                     "", "--seq-len", 0,
+                     "give --seq-len at most " + std::to_string(model.cfg.max_position_embeddings) + ".");
   const PackedRows rows = pack_shard(shard, seq_len);
   Workspace ws;
   EvalResult r;

@@ -5,7 +5,7 @@ import * as path from 'node:path';
 import { DTYPE_BYTES, SafetensorsDType } from './dtype';
 import { ModelWeights, SafetensorsError, numel, readModelWeights } from './safetensors';
 
-export const SUPPORTED_ARCHITECTURES = ['LlamaForCausalLM', 'MistralForCausalLM', 'Qwen2ForCausalLM'] as const;
+export const SUPPORTED_ARCHITECTURES = ['LlamaForCausalLM', 'MistralForCausalLM', 'Qwen2ForCausalLM', 'GPT2LMHeadModel'] as const;
 const MODULE_PATHS: Record<string, string> = {
   q_proj: 'self_attn.q_proj', k_proj: 'self_attn.k_proj', v_proj: 'self_attn.v_proj', o_proj: 'self_attn.o_proj',
   gate_proj: 'mlp.gate_proj', up_proj: 'mlp.up_proj', down_proj: 'mlp.down_proj',
@@ -19,7 +19,7 @@ export class ModelInspectError extends Error {
 }
 
 export interface TargetModuleInfo {
-  /** HF module name, e.g. "q_proj". */
+  /** HF module name as PEFT's target_modules matches it, e.g. "q_proj", GPT-2's "c_attn". */
   name: string;
   inFeatures: number;
   outFeatures: number;
@@ -27,6 +27,14 @@ export interface TargetModuleInfo {
   layers: number;
   /** Weight parameters over all layers. */
   params: number;
+  /** GPT-2's "c_proj" selects two modules per layer (attn.c_proj, mlp.c_proj): each one's
+   *  shape. inFeatures/outFeatures above are the first part's. Absent for one module. */
+  parts?: { path: string; inFeatures: number; outFeatures: number }[];
+}
+
+/** The (in, out) of every module a target selects in one layer. */
+export function targetShapes(t: TargetModuleInfo): { inFeatures: number; outFeatures: number }[] {
+  return t.parts ?? [{ inFeatures: t.inFeatures, outFeatures: t.outFeatures }];
 }
 
 export interface ModelInspection {
@@ -100,13 +108,17 @@ export function inspectModel(dir: string): ModelInspection {
     if (typeof v !== 'number' || !Number.isInteger(v) || v <= 0) throw new ModelInspectError(cfgFile, key, `must be a positive integer, got ${JSON.stringify(v)}`);
     return v;
   };
-  const hidden = sizeField('hidden_size');
-  const layers = sizeField('num_hidden_layers');
-  const heads = sizeField('num_attention_heads');
-  const kvHeads = sizeField('num_key_value_heads', heads);
-  const headDim = sizeField('head_dim', Math.floor(hidden / heads));
-  const intermediate = sizeField('intermediate_size');
-  const vocab = sizeField('vocab_size');
+  // GPT-2 names its sizes differently (GPT2Config), with defaults for every one of them.
+  const gpt2 = architecture === 'GPT2LMHeadModel' || (!architecture && modelType === 'gpt2');
+  const hidden = gpt2 ? sizeField('n_embd', 768) : sizeField('hidden_size');
+  const layers = gpt2 ? sizeField('n_layer', 12) : sizeField('num_hidden_layers');
+  const heads = gpt2 ? sizeField('n_head', 12) : sizeField('num_attention_heads');
+  const kvHeads = gpt2 ? heads : sizeField('num_key_value_heads', heads);
+  const headDim = gpt2 ? Math.floor(hidden / heads) : sizeField('head_dim', Math.floor(hidden / heads));
+  const intermediate = gpt2 ? sizeField('n_inner', 4 * hidden) : sizeField('intermediate_size');
+  const vocab = sizeField('vocab_size', gpt2 ? 50257 : undefined);
+  const maxPositions = gpt2 ? sizeField('n_positions', 1024)
+    : typeof cfg.max_position_embeddings === 'number' ? cfg.max_position_embeddings : 0;
   if (heads % kvHeads !== 0) throw new ModelInspectError(cfgFile, 'num_key_value_heads', `${kvHeads} does not divide num_attention_heads ${heads}`);
 
   let weights: ModelWeights;
@@ -126,6 +138,7 @@ export function inspectModel(dir: string): ModelInspection {
     paramsTotal += n;
     dtypeBytes.set(t.dtype, (dtypeBytes.get(t.dtype) ?? 0) + n * DTYPE_BYTES[t.dtype]);
     if (/^model\.layers\.\d+\.(self_attn|mlp)\.[a-z_]+_proj\.weight$/.test(t.name)) paramsLinear += n;
+    else if (/^(transformer\.)?h\.\d+\.(attn|mlp)\.c_(attn|proj|fc)\.weight$/.test(t.name)) paramsLinear += n;
   }
   const dtype = [...dtypeBytes.entries()].sort((a, b) => b[1] - a[1])[0]?.[0] ?? 'F32';
 
@@ -133,8 +146,8 @@ export function inspectModel(dir: string): ModelInspection {
     q_proj: [heads * headDim, hidden], k_proj: [kvHeads * headDim, hidden], v_proj: [kvHeads * headDim, hidden],
     o_proj: [hidden, heads * headDim], gate_proj: [intermediate, hidden], up_proj: [intermediate, hidden], down_proj: [hidden, intermediate],
   };
-  const targets: TargetModuleInfo[] = [];
-  for (const [name, sub] of Object.entries(MODULE_PATHS)) {
+  const targets: TargetModuleInfo[] = gpt2 ? gpt2Targets(weights, layers, hidden, intermediate, warnings) : [];
+  for (const [name, sub] of Object.entries(gpt2 ? {} : MODULE_PATHS)) {
     let present = 0;
     let shape: number[] | null = null;
     for (let i = 0; i < layers; i++) {
@@ -151,14 +164,19 @@ export function inspectModel(dir: string): ModelInspection {
     const [out, inn] = shape!.length === 2 ? shape! : expected[name];
     targets.push({ name, inFeatures: inn, outFeatures: out, layers: present, params: present * inn * out });
   }
-  if (!weights.tensors.has('model.embed_tokens.weight')) warnings.push('model.embed_tokens.weight is missing');
-  const tie = cfg.tie_word_embeddings === true;
+  const embedName = gpt2 ? (weights.tensors.has('wte.weight') ? 'wte.weight' : 'transformer.wte.weight') : 'model.embed_tokens.weight';
+  if (!weights.tensors.has(embedName)) warnings.push(`${embedName} is missing`);
+  // GPT2Config ties the LM head unless told otherwise; the Llama family's configs do not.
+  const tie = gpt2 ? cfg.tie_word_embeddings !== false : cfg.tie_word_embeddings === true;
   if (!tie && !weights.tensors.has('lm_head.weight')) warnings.push('lm_head.weight is missing and tie_word_embeddings is false');
 
   let supported: boolean = (SUPPORTED_ARCHITECTURES as readonly string[]).includes(architecture);
   let unsupportedReason: string | undefined;
   if (!supported) {
     unsupportedReason = `architecture ${architecture || '(none)'} is not supported; the runtime trains ${SUPPORTED_ARCHITECTURES.join(', ')}`;
+  } else if (gpt2 && typeof cfg.activation_function === 'string' && !['gelu_new', 'gelu_pytorch_tanh'].includes(cfg.activation_function)) {
+    supported = false;
+    unsupportedReason = `activation_function ${cfg.activation_function} is not supported; the runtime implements GPT-2's gelu_new`;
   } else if (!['F32', 'F16', 'BF16'].includes(dtype)) {
     supported = false;
     unsupportedReason = `weights are stored as ${dtype}; the runtime loads F32, F16 and BF16 checkpoints (dequantize pre-quantized checkpoints first)`;
@@ -183,7 +201,7 @@ export function inspectModel(dir: string): ModelInspection {
     supported,
     unsupportedReason,
     layers, hidden, intermediate, heads, kvHeads, headDim, vocab,
-    maxPositionEmbeddings: typeof cfg.max_position_embeddings === 'number' ? cfg.max_position_embeddings : 0,
+    maxPositionEmbeddings: maxPositions,
     tieWordEmbeddings: tie,
     ropeTheta: typeof cfg.rope_theta === 'number' ? cfg.rope_theta : 10000,
     ropeScaling: cfg.rope_scaling && typeof cfg.rope_scaling === 'object' ? (cfg.rope_scaling as Record<string, unknown>) : null,
@@ -201,10 +219,48 @@ export function inspectModel(dir: string): ModelInspection {
   };
 }
 
+/** GPT-2's Conv1D modules, weights stored [in, out], as PEFT names them: c_attn, c_proj
+ *  (attn.c_proj and mlp.c_proj together, as PEFT's suffix match selects both), c_fc. */
+function gpt2Targets(weights: ModelWeights, layers: number, hidden: number, inner: number, warnings: string[]): TargetModuleInfo[] {
+  const prefix = weights.tensors.has('wte.weight') ? '' : 'transformer.';
+  const groups: [string, [string, number, number][]][] = [
+    ['c_attn', [['attn.c_attn', hidden, 3 * hidden]]],
+    ['c_proj', [['attn.c_proj', hidden, hidden], ['mlp.c_proj', inner, hidden]]],
+    ['c_fc', [['mlp.c_fc', hidden, inner]]],
+  ];
+  const out: TargetModuleInfo[] = [];
+  for (const [name, parts] of groups) {
+    let present = 0;
+    let params = 0;
+    for (let i = 0; i < layers; i++) {
+      let all = true;
+      for (const [sub, inn, o] of parts) {
+        const key = `${prefix}h.${i}.${sub}.weight`;
+        const t = weights.tensors.get(key);
+        if (!t) { all = false; continue; }
+        if (t.shape.length !== 2 || t.shape[0] !== inn || t.shape[1] !== o) {
+          warnings.push(`${key} has shape [${t.shape.join(', ')}], config.json implies [${inn}, ${o}] (Conv1D: [in, out])`);
+        }
+        params += inn * o;
+      }
+      if (all) present++;
+    }
+    if (present === 0) continue;
+    if (present < layers) warnings.push(`${name} is present in ${present} of ${layers} layers`);
+    const info: TargetModuleInfo = { name, inFeatures: parts[0][1], outFeatures: parts[0][2], layers: present, params };
+    if (parts.length > 1) info.parts = parts.map(([p, inn, o]) => ({ path: p, inFeatures: inn, outFeatures: o }));
+    out.push(info);
+  }
+  return out;
+}
+
 /** Trainable LoRA parameters for rank r on the given modules: r × (in + out) per module per layer. */
 export function loraParamCount(model: Pick<ModelInspection, 'targets'>, r: number, targets: readonly string[]): number {
   let n = 0;
-  for (const t of model.targets) if (targets.includes(t.name)) n += t.layers * r * (t.inFeatures + t.outFeatures);
+  for (const t of model.targets) {
+    if (!targets.includes(t.name)) continue;
+    for (const s of targetShapes(t)) n += t.layers * r * (s.inFeatures + s.outFeatures);
+  }
   return n;
 }
 
