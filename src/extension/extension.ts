@@ -119,6 +119,12 @@ export function activate(context: vscode.ExtensionContext): LoraStudioApi {
       const dir = await pickRun(arg, 'Run whose adapter to reveal', (r) => r.adapter !== null);
       if (dir) await training.revealAdapter(path.basename(dir));
     }),
+    command('loraStudio.tryAdapter', async (arg?: unknown) => {
+      const dir = await pickRun(arg, 'Run whose adapter to try', (r) => r.adapter !== null && r.status !== 'running');
+      if (!dir) return;
+      const { openPlayground } = await import('./playground');
+      openPlayground({ extensionUri: context.extensionUri, log, workspaceDir: vscode.workspace.workspaceFolders?.[0]?.uri.fsPath ?? null }, dir);
+    }),
     command('loraStudio.showRuntimeLog', () => log.show()),
     command('loraStudio.refreshRuns', () => runs.refresh()),
   );

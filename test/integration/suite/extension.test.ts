@@ -17,6 +17,7 @@ const EXTENSION_ID = 'lora-studio.lora-studio';
 const COMMANDS = [
   'loraStudio.newTrainingRun', 'loraStudio.fineTuneDataset', 'loraStudio.stopTraining', 'loraStudio.resumeRun',
   'loraStudio.openRun', 'loraStudio.compareRuns', 'loraStudio.revealAdapter', 'loraStudio.showRuntimeLog',
+  'loraStudio.tryAdapter',
 ];
 
 async function waitFor<T>(what: string, fn: () => T | undefined | null | false | Promise<T | undefined | null | false>, timeoutMs: number): Promise<T> {
