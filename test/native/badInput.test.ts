@@ -110,12 +110,13 @@ test('unsupported architecture', { skip }, async () => {
   const model = modelCopy('arch');
   const cfgFile = path.join(model, 'config.json');
   const cfg = JSON.parse(fs.readFileSync(cfgFile, 'utf8'));
-  cfg.architectures = ['GPT2LMHeadModel'];
-  cfg.model_type = 'gpt2';
+  cfg.architectures = ['GPTNeoXForCausalLM'];
+  cfg.model_type = 'gpt_neox';
   fs.writeFileSync(cfgFile, JSON.stringify(cfg, null, 2));
   const { r } = await runWith('arch', model);
   expectBadInput(r, { code: 'unsupported_architecture', file: cfgFile, field: 'architectures' });
   assert.match(String(errorEvent(r).hint), /LlamaForCausalLM/);
+  assert.match(String(errorEvent(r).hint), /GPT2LMHeadModel/);
 });
 
 test('unsupported dtype', { skip }, async () => {

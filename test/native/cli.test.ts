@@ -53,6 +53,6 @@ test('inspect reports the architecture, sizes and target modules', { skip }, () 
   assert.equal(m.bytes, 2 * info.paramCount);
   const mods = Object.fromEntries((m.target_modules as { name: string; in: number; out: number; count: number }[]).map((t) => [t.name, t]));
   assert.deepEqual(Object.keys(mods), ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj']);
-  assert.deepEqual(mods.k_proj, { name: 'k_proj', in: 48, out: 24, count: 3 });
-  assert.deepEqual(mods.down_proj, { name: 'down_proj', in: 96, out: 48, count: 3 });
+  assert.deepEqual(mods.k_proj, { name: 'k_proj', path: 'self_attn.k_proj', in: 48, out: 24, count: 3 });
+  assert.deepEqual(mods.down_proj, { name: 'down_proj', path: 'mlp.down_proj', in: 96, out: 48, count: 3 });
 });
