@@ -4,11 +4,66 @@
 
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync, mkdirSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import * as os from 'node:os';
 import path from 'node:path';
 import type { Browser } from 'playwright-core';
 import { parsePanelMessage } from '../../webview/protocol';
-import { CHROMIUM, SCREENSHOTS, launchBrowser, openPanel, posted, send, settle, servePanel, type PanelServer } from './harness';
+import { CHROMIUM, ROOT, SCREENSHOTS, launchBrowser, openPanel, posted, send, settle, servePanel, type PanelServer } from './harness';
+import { writeTinyModel } from '../../src/core/fixtures/tinyModel';
+import { runtimeWith, writeRandomAdapter } from '../unit/exportReference';
+
+type PlaygroundModule = typeof import('../../src/extension/playground');
+
+/** The host module with a stand-in for `vscode` that records the one webview panel it opens. */
+function loadHost(tmp: string): { mod: PlaygroundModule; panel: () => FakePanel } {
+  const stub = path.join(tmp, 'vscode-stub.js');
+  writeFileSync(stub, `
+const path = require('node:path');
+let last = null;
+module.exports = {
+  __lastPanel: () => last,
+  Uri: { joinPath: (u, ...p) => ({ fsPath: path.join(u.fsPath, ...p) }), file: (f) => ({ fsPath: f }) },
+  ViewColumn: { Active: -1 },
+  window: {
+    createWebviewPanel: (viewType, title) => {
+      const handlers = { message: [], dispose: [] };
+      last = {
+        viewType, title, posted: [], handlers,
+        webview: {
+          html: '', cspSource: 'test:',
+          asWebviewUri: (u) => ({ toString: () => 'test:' + u.fsPath }),
+          postMessage: async (m) => { last.posted.push(m); last.onPost?.(m); return true; },
+          onDidReceiveMessage: (fn) => { handlers.message.push(fn); return { dispose() {} }; },
+        },
+        onDidDispose: (fn) => { handlers.dispose.push(fn); return { dispose() {} }; },
+      };
+      return last;
+    },
+    showWarningMessage: async (m) => { throw new Error('unexpected warning: ' + m); },
+    showInformationMessage: async () => undefined,
+    showTextDocument: async () => undefined,
+  },
+  workspace: { getConfiguration: () => ({ get: (k, d) => d }) },
+};`);
+  const Module = require('node:module') as { _resolveFilename: (req: string, ...rest: unknown[]) => string };
+  const orig = Module._resolveFilename;
+  Module._resolveFilename = (req: string, ...rest: unknown[]) => (req === 'vscode' ? stub : orig.call(Module, req, ...rest));
+  try {
+    const mod = require('../../src/extension/playground') as PlaygroundModule;
+    const vs = require(stub) as { __lastPanel(): FakePanel };
+    return { mod, panel: () => vs.__lastPanel() };
+  } finally {
+    Module._resolveFilename = orig;
+  }
+}
+
+interface FakePanel {
+  title: string;
+  posted: any[];
+  onPost?: (m: any) => void;
+  handlers: { message: ((m: unknown) => unknown)[]; dispose: (() => void)[] };
+}
 
 const INIT = {
   type: 'playgroundInit', run: 'tiny-chat-20260101-120000', model: '/models/tiny-llama', adapter: '/runs/tiny-chat/adapter',
@@ -101,5 +156,71 @@ describe('Try Adapter page (headless Chromium)', { skip: existsSync(CHROMIUM) ? 
     assert.deepEqual(cspViolations, []);
     assert.deepEqual(consoleErrors, []);
     await page.close();
+  });
+
+  const mergeCmd = runtimeWith('merge');
+  it('end to end: the extension host prepares a tiny model + adapter and both columns stream into the page', { skip: mergeCmd.skip }, async () => {
+    const tmp = mkdtempSync(path.join(os.tmpdir(), 'lora-playground-e2e-'));
+    try {
+      const modelDir = path.join(tmp, 'model');
+      writeTinyModel(modelDir, { layers: 2, hidden: 64, heads: 4, kvHeads: 2 });
+      const runDir = path.join(tmp, 'runs', 'tiny-20260101-000000');
+      writeRandomAdapter(path.join(runDir, 'adapter'), modelDir, { r: 4, alpha: 8, seed: 5 });
+      writeFileSync(path.join(runDir, 'run.json'), JSON.stringify({ v: 1, model: modelDir }));
+      const { mod, panel: lastPanel } = loadHost(tmp);
+      const opened = mod.openPlayground({ extensionUri: { fsPath: ROOT } as any, log: { info() {}, warn() {}, error() {}, runtime() {}, show() {} }, workspaceDir: null }, runDir);
+      assert.ok(opened, 'the panel opens for a run with an adapter');
+      const host = lastPanel();
+      assert.equal(host.title, 'Try: tiny-20260101-000000');
+
+      const { page, consoleErrors, cspViolations } = await openPanel(browser, `${server.url}playground`, 'dark', { width: 1000, height: 640 });
+      // The bridge: what the host posts goes to the page in order; what the page posts goes to the host.
+      let chain = Promise.resolve();
+      host.onPost = (m) => { chain = chain.then(() => send(page, m)); };
+      const deliver = async () => {
+        for (const m of await posted(page)) for (const h of host.handlers.message) await h(m);
+        await page.evaluate(() => { (globalThis as any).__posted = []; });
+      };
+      await deliver();
+      await chain;
+      await settle(page);
+      assert.match((await page.textContent('#pg-title')) ?? '', /tiny-20260101-000000/);
+      await page.fill('#pg-prompt', 'Tell me about the sea');
+      await page.fill('#pg-temperature', '0');
+      await page.fill('#pg-max-tokens', '16');
+      await page.click('#pg-generate');
+      await deliver();
+      // The host merges, exports and generates in the background; wait for both answers or a failure.
+      const until = Date.now() + 120_000;
+      while (host.posted.filter((m) => m.type === 'playgroundDone').length < 2 && !host.posted.some((m) => m.type === 'playgroundStatus' && m.level === 'error')) {
+        assert.ok(Date.now() < until, `no answers within 120 s: ${JSON.stringify(host.posted.slice(-3))}`);
+        await new Promise((r) => setTimeout(r, 50));
+      }
+      await new Promise((r) => setTimeout(r, 100));
+      await chain;
+      await settle(page);
+      const status = host.posted.filter((m) => m.type === 'playgroundStatus');
+      assert.ok(!status.some((m) => m.level === 'error'), JSON.stringify(status));
+      const done = host.posted.filter((m) => m.type === 'playgroundDone');
+      assert.deepEqual(done.map((m) => m.side).sort(), ['adapter', 'base']);
+      const tokenMsgs = host.posted.filter((m) => m.type === 'playgroundTokens');
+      for (const side of ['base', 'adapter'] as const) {
+        const text = tokenMsgs.filter((m) => m.side === side).map((m) => m.text).join('');
+        const d = done.find((m) => m.side === side);
+        assert.ok(d.tokens > 0 && d.tokens <= 16, `${side}: ${d.tokens} tokens`);
+        assert.ok(text.length > 0, `${side} streamed text`);
+        assert.equal(await page.textContent(`#pg-out-${side}`), text, `${side}: the page shows what streamed`);
+        assert.match((await page.textContent(`#pg-rate-${side}`)) ?? '', /tokens/);
+      }
+      assert.notEqual(await page.textContent('#pg-out-base'), null);
+      assert.ok(existsSync(path.join(runDir, 'playground', 'adapter-onnx', 'model.onnx')), 'the exported pair is cached beside the run');
+      assert.equal(host.posted.filter((m) => m.type === 'playgroundStatus' && m.level === 'error').length, 0);
+      assert.deepEqual(cspViolations, []);
+      assert.deepEqual(consoleErrors, []);
+      for (const h of host.handlers.dispose) h();
+      await page.close();
+    } finally {
+      rmSync(tmp, { recursive: true, force: true });
+    }
   });
 });
