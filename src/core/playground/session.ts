@@ -44,9 +44,28 @@ export interface StreamCallbacks {
 /** End-of-turn markers that chat templates close the assistant's answer with. */
 const END_OF_TURN = ['<|eot_id|>', '<|im_end|>', '<|end|>', '<end_of_turn>', '<|endoftext|>', '</s>', '<|end_of_text|>'];
 
+/**
+ * Whether this onnxruntime-node can run CUDA: the binding lists the provider, and its shared
+ * libraries are installed beside the binding (the npm package ships them only when installed
+ * with the CUDA option). Checked first because a failed attempt prints native errors on stderr.
+ */
+export function cudaProviderInstalled(): boolean {
+  try {
+    const ort = require('onnxruntime-node') as { listSupportedBackends?: () => { name: string; bundled: boolean }[] };
+    const cuda = ort.listSupportedBackends?.().find((b) => b.name === 'cuda');
+    if (!cuda) return false;
+    if (cuda.bundled) return true;
+    const pkg = path.dirname(require.resolve('onnxruntime-node/package.json'));
+    const bin = path.join(pkg, 'bin', 'napi-v6', process.platform, process.arch);
+    return fs.existsSync(path.join(bin, process.platform === 'win32' ? 'onnxruntime_providers_cuda.dll' : 'libonnxruntime_providers_cuda.so'));
+  } catch {
+    return false;
+  }
+}
+
 /** Which ONNX Runtime execution providers to try, best first; the CPU one always works. */
 function providerChoices(preferCuda: boolean): string[][] {
-  return preferCuda ? [['cuda', 'cpu'], ['cpu']] : [['cpu']];
+  return preferCuda && cudaProviderInstalled() ? [['cuda', 'cpu'], ['cpu']] : [['cpu']];
 }
 
 /** Loads a graph on CUDA when this onnxruntime-node build has it, else on the CPU, silently. */
