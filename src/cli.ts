@@ -7,12 +7,12 @@ import * as path from 'node:path';
 import { parseArgs, ParseArgsConfig } from 'node:util';
 import {
   ConfigError, ConfigIssue, DeepPartial, PRESETS, TrainConfig, applyPreset, defaultConfig, hasErrors,
-  mergeConfig, parseConfig, toRunJson, validateConfig,
+  mergeConfig, parseConfig, targetsForModel, toRunJson, validateConfig,
 } from './core/config';
 import { prepareDataset, PrepareResult } from './core/dataset/prepare';
 import { DatasetError, formatDiagnostic } from './core/dataset/diagnostics';
 import { estimateMemory } from './core/estimate';
-import { ModelInspectError, ModelInspection, describeModel, formatBytes, inspectModel, loraParamCount } from './core/model/inspect';
+import { ModelInspectError, ModelInspection, describeModel, formatBytes, inspectModel, loraParamCount, targetShapes } from './core/model/inspect';
 import { listCachedModels, hfHubCacheDir } from './core/model/hfCache';
 import { RuntimeEvent, formatErrorEvent, parseEventLine } from './core/runtime/events';
 import { RuntimeLocateError, RuntimeInfo, locateRuntime } from './core/runtime/locate';
@@ -403,8 +403,14 @@ async function cmdTrain(args: string[]): Promise<number> {
   const model = inspectOrFail(cfg.model);
   if (!model.supported) throw new CliError(`${cfg.model}: ${model.unsupportedReason}`);
   for (const w of model.warnings) log(`warning: ${model.dir}: ${w}`);
+  const carried = targetsForModel(cfg.lora.targets, model.targets.map((t) => t.name));
+  if (carried.join(',') !== cfg.lora.targets.join(',')) {
+    log(`lora.targets: ${model.architecture} names its modules differently; using ${carried.join(', ')} for ${cfg.lora.targets.join(', ')}`);
+    cfg.lora.targets = carried;
+  }
   const chosen = model.targets.filter((t) => cfg.lora.targets.includes(t.name));
-  const minDim = chosen.length ? Math.min(...chosen.map((t) => Math.min(t.inFeatures, t.outFeatures))) : undefined;
+  const minDim = chosen.length
+    ? Math.min(...chosen.flatMap((t) => targetShapes(t).map((s) => Math.min(s.inFeatures, s.outFeatures)))) : undefined;
   const rt = await runtimeOrFail(str(o.runtime));
   const issues = validateConfig(cfg, { modelTargets: model.targets.map((t) => t.name), minTargetDim: minDim, cuda: rt.cuda });
   printIssues(issues, 'config');
@@ -593,6 +599,7 @@ function cmdInspect(args: string[]): number {
   if (typeof o.model !== 'string') throw new CliError('inspect: --model is required');
   const m = inspectOrFail(o.model);
   const cfg = mergeConfig(defaultConfig(), flagsToConfig(o));
+  cfg.lora.targets = targetsForModel(cfg.lora.targets, m.targets.map((t) => t.name));
   const estimateFor = (device: 'cpu' | 'cuda') => estimateMemory({ model: m, lora: cfg.lora, quant: cfg.quant, train: cfg.train, device, dtype: cfg.compute.dtype });
   const est = { cuda: estimateFor('cuda'), cpu: estimateFor('cpu') };
   if (o.json) {

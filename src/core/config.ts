@@ -133,6 +133,20 @@ export function findPreset(id: string): Preset | undefined {
   return PRESETS.find((p) => p.id === id);
 }
 
+/**
+ * The defaults and presets name the Llama family's modules. On a model with other module
+ * names (GPT-2: c_attn, c_proj, c_fc) a Llama-only list is carried over by intent: the
+ * attention set becomes the model's attention module (c_attn, PEFT's default for gpt2),
+ * a list with MLP modules becomes every module of the model. Lists that already use the
+ * model's names, or mix names, are returned unchanged for validateConfig to judge.
+ */
+export function targetsForModel(targets: readonly string[], modelTargets: readonly string[]): string[] {
+  const llamaOnly = targets.length > 0 && targets.every((t) => (LORA_TARGETS as readonly string[]).includes(t));
+  if (!llamaOnly || targets.some((t) => modelTargets.includes(t)) || !modelTargets.includes('c_attn')) return [...targets];
+  const mlp = targets.some((t) => t === 'gate_proj' || t === 'up_proj' || t === 'down_proj');
+  return mlp ? [...modelTargets] : ['c_attn'];
+}
+
 export function applyPreset(base: TrainConfig, presetId: string): TrainConfig {
   const p = findPreset(presetId);
   if (!p) throw new ConfigError([{ field: 'preset', message: `unknown preset "${presetId}"`, hint: `use one of ${PRESETS.map((x) => x.id).join(', ')}` }]);

@@ -12,6 +12,7 @@ import { readSafetensorsHeader } from '../../src/core/model/safetensors';
 import { inspectModel, loraParamCount } from '../../src/core/model/inspect';
 import { estimateMemory } from '../../src/core/estimate';
 import { prepareDataset } from '../../src/core/dataset/prepare';
+import { ATTENTION_TARGETS, LORA_TARGETS, targetsForModel } from '../../src/core/config';
 import { readShard } from '../../src/core/tokenize/shard';
 
 function tmp(tag: string): string {
@@ -145,4 +146,14 @@ test('GPT-2\'s tokenizer in the data pipeline: text and prompt/completion as is;
   assert.match(fb[0].message, /no chat template/);
   assert.match(fb[0].hint!, /chatml/);
   assert.equal(chat.summary.template!.fallback, true);
+});
+
+test('Llama-named defaults and presets carry over to GPT-2\'s modules by intent', () => {
+  const gpt2 = ['c_attn', 'c_proj', 'c_fc'];
+  assert.deepEqual(targetsForModel([...LORA_TARGETS], gpt2), gpt2);
+  assert.deepEqual(targetsForModel([...ATTENTION_TARGETS], gpt2), ['c_attn']);
+  assert.deepEqual(targetsForModel(['c_attn', 'c_fc'], gpt2), ['c_attn', 'c_fc']);
+  // Lists that already fit, or Llama models, are left alone.
+  assert.deepEqual(targetsForModel(['q_proj', 'v_proj'], [...LORA_TARGETS]), ['q_proj', 'v_proj']);
+  assert.deepEqual(targetsForModel(['q_proj', 'c_attn'], gpt2), ['q_proj', 'c_attn']);
 });
