@@ -30,12 +30,18 @@ function skipReason(): string | false {
 }
 const skip = skipReason();
 
-async function llamaCpp() {
-  // node-llama-cpp is ESM-only; a real dynamic import (not TypeScript's require rewrite) loads it.
-  const importEsm = new Function('u', 'return import(u)') as (u: string) => Promise<NodeLlamaCpp>;
-  const m = await importEsm(pathToFileURL(require.resolve('node-llama-cpp')).href);
-  // CPU only, prebuilt binaries only: never compile or download at test time.
-  return m.getLlama({ gpu: false, build: 'never', progressLogs: false, logLevel: m.LlamaLogLevel.error });
+let llamaInstance: ReturnType<NodeLlamaCpp['getLlama']> | null = null;
+
+/** One llama.cpp instance per test file (each getLlama loads the native addon state anew). */
+function llamaCpp(): ReturnType<NodeLlamaCpp['getLlama']> {
+  if (!llamaInstance) {
+    // node-llama-cpp is ESM-only; a real dynamic import (not TypeScript's require rewrite) loads it.
+    const importEsm = new Function('u', 'return import(u)') as (u: string) => Promise<NodeLlamaCpp>;
+    llamaInstance = importEsm(pathToFileURL(require.resolve('node-llama-cpp')).href).then((m) =>
+      // CPU only, prebuilt binaries only: never compile or download at test time.
+      m.getLlama({ gpu: false, build: 'never', progressLogs: false, logLevel: m.LlamaLogLevel.error }));
+  }
+  return llamaInstance;
 }
 
 /** llama.cpp's logits at every position of `tokens` (one sequence, no sampling). */
