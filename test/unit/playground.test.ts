@@ -9,7 +9,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { writeTinyModel } from '../../src/core/fixtures/tinyModel';
 import { OnnxGenerator } from '../../src/core/export/onnxGenerate';
-import { PlaygroundError, PlaygroundSession, preparePlayground, readPinnedPrompts, runPinnedPrompts, PINNED_PROMPTS_FILE } from '../../src/core/playground';
+import { IncrementalDecoder, PlaygroundError, PlaygroundSession, preparePlayground, readPinnedPrompts, runPinnedPrompts, PINNED_PROMPTS_FILE } from '../../src/core/playground';
 import { runtimeWith, writeRandomAdapter } from './exportReference';
 import { standInCalls, writeMergeStandIn } from './playgroundHelpers';
 
@@ -142,6 +142,25 @@ test('both columns stream decoded text that adds up to the answer, up to max tok
   const again = await session.generate('Tell me a story', { temperature: 0, topP: 1, maxTokens: 12 });
   assert.equal(again.base.text, r.base.text);
   assert.equal(again.adapter.text, r.adapter.text);
+});
+
+test('streamed text: characters split across byte-level tokens come out whole, and the pieces add up to the full decode', async () => {
+  const { session } = await sharedSession();
+  const tok = session.tokenizer.tokenizer;
+  const sample = 'Größe 世界 🙂 and plain words, twice: 世界 🙂!';
+  const ids = (await tok.encode(sample, null, { addSpecialTokens: false })).getIds();
+  assert.ok(ids.length > [...sample].length / 2, 'the sample is split into many byte-level tokens');
+  const dec = new IncrementalDecoder((x) => tok.decode(x, true));
+  const pieces: string[] = [];
+  for (const id of ids) pieces.push(await dec.push(id));
+  pieces.push(await dec.finish());
+  assert.equal(pieces.join(''), await tok.decode(ids, true));
+  assert.ok(pieces.every((p) => !p.includes('\uFFFD')), 'no piece holds half a character');
+  assert.ok(pieces.filter(Boolean).length > 5, 'text streams in many pieces');
+  const cut = new IncrementalDecoder((x) => tok.decode(x, true));
+  const emoji = (await tok.encode('🙂', null, { addSpecialTokens: false })).getIds();
+  assert.ok(emoji.length > 1, 'the emoji spans several byte tokens');
+  assert.equal(await cut.push(emoji[0]!), '', 'half a character is held back');
 });
 
 test('generation stops at the first stop token and counts only the tokens before it', async () => {

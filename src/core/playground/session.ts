@@ -82,6 +82,43 @@ export async function loadGenerator(dir: string, opts: { preferCuda?: boolean; t
   throw lastError;
 }
 
+/**
+ * Token ids in, text out, as text-generation-inference detokenizes a stream: each step decodes
+ * a short window that starts at the tokens emitted the step before (so leading spaces and
+ * merges come out as in a full decode) instead of the whole answer, and emits only when the
+ * text grew and does not end in an incomplete character (U+FFFD).
+ */
+export class IncrementalDecoder {
+  private readonly ids: number[] = [];
+  private prefixOffset = 0;
+  private readOffset = 0;
+  private emitted = '';
+
+  constructor(private readonly decode: (ids: number[]) => Promise<string>) {}
+
+  /** The new text this token completes ('' while a character or word is still open). */
+  async push(id: number): Promise<string> {
+    this.ids.push(id);
+    const before = this.readOffset > this.prefixOffset ? await this.decode(this.ids.slice(this.prefixOffset, this.readOffset)) : '';
+    const window = await this.decode(this.ids.slice(this.prefixOffset));
+    if (window.length <= before.length || !window.startsWith(before) || window.endsWith('\uFFFD')) return '';
+    const delta = window.slice(before.length);
+    this.prefixOffset = this.readOffset;
+    this.readOffset = this.ids.length;
+    this.emitted += delta;
+    return delta;
+  }
+
+  /** What the last tokens still hold back (an unfinished character comes out as U+FFFD). */
+  async finish(): Promise<string> {
+    const full = await this.decode(this.ids);
+    if (full === this.emitted || !full.startsWith(this.emitted)) return '';
+    const rest = full.slice(this.emitted.length);
+    this.emitted = full;
+    return rest;
+  }
+}
+
 export class PlaygroundSession {
   private constructor(
     readonly tokenizer: ModelTokenizer,
@@ -142,6 +179,7 @@ export class PlaygroundSession {
     const gen = this.generators[side];
     const tokens: number[] = [];
     let text = '';
+    const detok = new IncrementalDecoder((ids) => this.tokenizer.tokenizer.decode(ids, true));
     const t0 = performance.now();
     let tFirst = 0;
     let tLast = 0;
@@ -154,21 +192,18 @@ export class PlaygroundSession {
       tLast = performance.now();
       if (!tokens.length) tFirst = tLast;
       tokens.push(t.token);
-      // Decoding the whole answer each time keeps multi-byte characters split across tokens
-      // intact; a trailing U+FFFD means the character is not complete yet.
-      const full = await this.tokenizer.tokenizer.decode(tokens, true);
-      if (full.startsWith(text) && !full.endsWith('\uFFFD')) {
-        const delta = full.slice(text.length);
-        text = full;
-        if (delta) cb.onText?.(side, delta, { tokens: tokens.length, tokensPerS: rate() });
+      const delta = await detok.push(t.token);
+      if (delta) {
+        text += delta;
+        cb.onText?.(side, delta, { tokens: tokens.length, tokensPerS: rate() });
       }
     }
     if (cancelled?.()) stopReason = 'cancelled';
     else if (tokens.length >= settings.maxTokens) stopReason = 'max_tokens';
-    const full = await this.tokenizer.tokenizer.decode(tokens, true);
-    if (full !== text) {
-      if (full.startsWith(text)) cb.onText?.(side, full.slice(text.length), { tokens: tokens.length, tokensPerS: rate() });
-      text = full;
+    const rest = await detok.finish();
+    if (rest) {
+      text += rest;
+      cb.onText?.(side, rest, { tokens: tokens.length, tokensPerS: rate() });
     }
     const result: SideResult = { side, text, tokens: tokens.length, tokensPerS: rate(), firstTokenS: tokens.length ? (tFirst - t0) / 1000 : 0, stopReason };
     cb.onDone?.(result);
