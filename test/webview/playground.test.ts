@@ -8,7 +8,7 @@ import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:
 import * as os from 'node:os';
 import path from 'node:path';
 import type { Browser } from 'playwright-core';
-import { parsePanelMessage } from '../../webview/protocol';
+import { parseHostMessage, parsePanelMessage } from '../../webview/protocol';
 import { CHROMIUM, ROOT, SCREENSHOTS, launchBrowser, openPanel, posted, send, settle, servePanel, type PanelServer } from './harness';
 import { writeTinyModel } from '../../src/core/fixtures/tinyModel';
 import { runtimeWith, writeRandomAdapter } from '../unit/exportReference';
@@ -69,6 +69,36 @@ const INIT = {
   type: 'playgroundInit', run: 'tiny-chat-20260101-120000', model: '/models/tiny-llama', adapter: '/runs/tiny-chat/adapter',
   settings: { temperature: 0.7, topP: 0.9, maxTokens: 128 }, pinnedCount: 3,
 };
+
+describe('Try Adapter messages', () => {
+  const settings = { temperature: 0.7, topP: 0.9, maxTokens: 64 };
+  it('the host accepts generate / runPinned / cancelGeneration and refuses bad settings by field', () => {
+    assert.deepEqual(parsePanelMessage({ type: 'generate', prompt: 'hi', settings: { ...settings, system: '  ' } }),
+                     { ok: true, value: { type: 'generate', prompt: 'hi', settings } }, 'a blank system message is dropped');
+    assert.deepEqual(parsePanelMessage({ type: 'cancelGeneration' }), { ok: true, value: { type: 'cancelGeneration' } });
+    assert.ok(parsePanelMessage({ type: 'runPinned', settings }).ok);
+    const refused: [unknown, RegExp][] = [
+      [{ type: 'generate', prompt: '   ', settings }, /message\.prompt: empty/],
+      [{ type: 'generate', prompt: 'x'.repeat(40_000), settings }, /message\.prompt: longer than 32768/],
+      [{ type: 'generate', prompt: 'hi', settings: { ...settings, topP: 0 } }, /message\.settings\.topP: must be above 0/],
+      [{ type: 'generate', prompt: 'hi', settings: { ...settings, temperature: 3 } }, /message\.settings\.temperature: 3 is outside \[0, 2\]/],
+      [{ type: 'generate', prompt: 'hi', settings: { ...settings, maxTokens: 1.5 } }, /message\.settings\.maxTokens: expected an integer/],
+      [{ type: 'runPinned' }, /message\.settings: expected an object/],
+    ];
+    for (const [m, re] of refused) {
+      const r = parsePanelMessage(m);
+      assert.ok(!r.ok && re.test(r.error), `${JSON.stringify(m).slice(0, 80)} -> ${JSON.stringify(r)}`);
+    }
+  });
+  it('the page accepts the playground host messages and refuses impossible ones', () => {
+    assert.ok(parseHostMessage({ type: 'playgroundTokens', side: 'adapter', text: 'x', tokens: 1, tokensPerS: 3.5 }).ok);
+    assert.ok(parseHostMessage({ type: 'playgroundDone', side: 'base', tokens: 0, tokensPerS: 0, stopReason: 'cancelled' }).ok);
+    const r = parseHostMessage({ type: 'playgroundDone', side: 'base', tokens: -1, tokensPerS: 0, stopReason: 'eos' });
+    assert.ok(!r.ok && /tokens/.test(r.error));
+    const s = parseHostMessage({ type: 'playgroundStatus', busy: false, level: 'warning', message: 'x' });
+    assert.ok(!s.ok && /level/.test(s.error));
+  });
+});
 
 describe('Try Adapter page (headless Chromium)', { skip: existsSync(CHROMIUM) ? false : `no ${CHROMIUM}` }, () => {
   let server: PanelServer;
