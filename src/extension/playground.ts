@@ -64,6 +64,7 @@ export function openPlayground(ctx: PlaygroundContext, runDir: string): vscode.W
 class PlaygroundHost {
   private session: Promise<PlaygroundSession> | null = null;
   private busy = false;
+  private job: Promise<void> | null = null;
   private cancel: (() => void) | null = null;
   private disposed = false;
 
@@ -102,6 +103,8 @@ class PlaygroundHost {
   async dispose(): Promise<void> {
     this.disposed = true;
     this.cancel?.();
+    // ONNX Runtime sessions are released only after the job stops using them.
+    await this.job;
     const s = this.session;
     this.session = null;
     if (s) await s.then((x) => x.close(), () => undefined);
@@ -124,7 +127,12 @@ class PlaygroundHost {
 
   /** One job at a time, with a cancellation token that also stops a merge in progress. */
   private async exclusive(job: (token: CancellationToken, cancelled: () => boolean) => Promise<void>): Promise<void> {
-    if (this.busy) return;
+    if (this.busy || this.disposed) return;
+    this.job = this.runExclusive(job);
+    await this.job;
+  }
+
+  private async runExclusive(job: (token: CancellationToken, cancelled: () => boolean) => Promise<void>): Promise<void> {
     const { CancellationTokenSource } = coreProcess();
     const cts = new CancellationTokenSource();
     this.busy = true;
@@ -136,9 +144,15 @@ class PlaygroundHost {
       const err = e as Error & { hint?: string };
       this.ctx.log.error(`playground: ${err.message}`);
       if (cts.token.isCancellationRequested) this.status('Stopped', false);
-      else if (!this.disposed) this.post({ type: 'playgroundStatus', busy: false, level: 'error', message: err.message, ...(err.hint ? { hint: err.hint } : {}) });
+      else if (!this.disposed) {
+        // Core errors put their hint at the end of the message too; the page shows it apart.
+        const hint = typeof err.hint === 'string' && err.hint ? err.hint : undefined;
+        const message = hint && err.message.endsWith(`. ${hint}`) ? err.message.slice(0, -(hint.length + 2)) : err.message;
+        this.post({ type: 'playgroundStatus', busy: false, level: 'error', message, ...(hint ? { hint } : {}) });
+      }
     } finally {
       this.busy = false;
+      this.job = null;
       this.cancel = null;
       cts.dispose();
     }

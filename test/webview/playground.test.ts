@@ -16,13 +16,15 @@ import { runtimeWith, writeRandomAdapter } from '../unit/exportReference';
 type PlaygroundModule = typeof import('../../src/extension/playground');
 
 /** The host module with a stand-in for `vscode` that records the one webview panel it opens. */
-function loadHost(tmp: string): { mod: PlaygroundModule; panel: () => FakePanel } {
+function loadHost(tmp: string): { mod: PlaygroundModule; panel: () => FakePanel; warnings: string[] } {
   const stub = path.join(tmp, 'vscode-stub.js');
   writeFileSync(stub, `
 const path = require('node:path');
 let last = null;
+const warnings = [];
 module.exports = {
   __lastPanel: () => last,
+  __warnings: warnings,
   Uri: { joinPath: (u, ...p) => ({ fsPath: path.join(u.fsPath, ...p) }), file: (f) => ({ fsPath: f }) },
   ViewColumn: { Active: -1 },
   window: {
@@ -40,7 +42,7 @@ module.exports = {
       };
       return last;
     },
-    showWarningMessage: async (m) => { throw new Error('unexpected warning: ' + m); },
+    showWarningMessage: async (m) => { warnings.push(m); return undefined; },
     showInformationMessage: async () => undefined,
     showTextDocument: async () => undefined,
   },
@@ -51,8 +53,8 @@ module.exports = {
   Module._resolveFilename = (req: string, ...rest: unknown[]) => (req === 'vscode' ? stub : orig.call(Module, req, ...rest));
   try {
     const mod = require('../../src/extension/playground') as PlaygroundModule;
-    const vs = require(stub) as { __lastPanel(): FakePanel };
-    return { mod, panel: () => vs.__lastPanel() };
+    const vs = require(stub) as { __lastPanel(): FakePanel; __warnings: string[] };
+    return { mod, panel: () => vs.__lastPanel(), warnings: vs.__warnings };
   } finally {
     Module._resolveFilename = orig;
   }
@@ -197,7 +199,12 @@ describe('Try Adapter page (headless Chromium)', { skip: existsSync(CHROMIUM) ? 
       const runDir = path.join(tmp, 'runs', 'tiny-20260101-000000');
       writeRandomAdapter(path.join(runDir, 'adapter'), modelDir, { r: 4, alpha: 8, seed: 5 });
       writeFileSync(path.join(runDir, 'run.json'), JSON.stringify({ v: 1, model: modelDir }));
-      const { mod, panel: lastPanel } = loadHost(tmp);
+      const { mod, panel: lastPanel, warnings } = loadHost(tmp);
+      const untrained = path.join(tmp, 'runs', 'untrained-20260101-000000');
+      mkdirSync(untrained, { recursive: true });
+      writeFileSync(path.join(untrained, 'run.json'), JSON.stringify({ v: 1, model: modelDir }));
+      assert.equal(mod.openPlayground({ extensionUri: { fsPath: ROOT } as any, log: { info() {}, warn() {}, error() {}, runtime() {}, show() {} }, workspaceDir: null }, untrained), null);
+      assert.match(warnings[0] ?? '', /has no final adapter yet/, 'a run without an adapter gets a warning, not a panel');
       const opened = mod.openPlayground({ extensionUri: { fsPath: ROOT } as any, log: { info() {}, warn() {}, error() {}, runtime() {}, show() {} }, workspaceDir: null }, runDir);
       assert.ok(opened, 'the panel opens for a run with an adapter');
       const host = lastPanel();
