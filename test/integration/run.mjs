@@ -23,7 +23,7 @@ const require = createRequire(import.meta.url);
 const outDir = path.join(root, 'test-output', 'integration');
 const shots = path.join(root, 'test-output', 'screenshots');
 const CHROMIUM = '/usr/bin/chromium';
-const TESTS = 11;
+const TESTS = 12;
 const OVERALL_TIMEOUT_MS = 9 * 60_000;
 
 /** Entry names of a zip file, from its central directory (no unzip tool needed). */

@@ -212,4 +212,13 @@ describe('LoRA Studio in VS Code', () => {
     const tab = await waitFor('the Compare tab', () => vscode.window.tabGroups.all.flatMap((g) => g.tabs).find((t) => t.label.startsWith('Compare:')), 10_000);
     assert.ok(tab.input instanceof vscode.TabInputWebview, 'Compare Runs is a webview tab');
   });
+
+  it('opens Try Adapter for a finished run in an editor tab', async () => {
+    const items = await api.runs.getChildren();
+    const completed = items.find((i) => String(i.description).startsWith('completed') && /adapter/.test(i.contextValue ?? ''));
+    assert.ok(completed, 'a completed run with an adapter is listed');
+    await vscode.commands.executeCommand('loraStudio.tryAdapter', completed);
+    const tab = await waitFor('the Try Adapter tab', () => vscode.window.tabGroups.all.flatMap((g) => g.tabs).find((t) => t.label.startsWith('Try: ')), 10_000);
+    assert.ok(tab.input instanceof vscode.TabInputWebview, 'Try Adapter is a webview tab');
+  });
 });
