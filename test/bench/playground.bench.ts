@@ -71,7 +71,8 @@ async function main(): Promise<void> {
     console.log(`base alone:    ${f(base.tokensPerS)} tokens/s (first token ${(base.firstTokenS * 1000).toFixed(0)} ms)`);
     console.log(`adapter alone: ${f(adapter.tokensPerS)} tokens/s (first token ${(adapter.firstTokenS * 1000).toFixed(0)} ms)`);
     console.log(`both columns together: base ${f(both[0].tokensPerS)} + adapter ${f(both[1].tokensPerS)} tokens/s; ${f((both[0].tokens + both[1].tokens) / bothS)} tokens/s in all`);
-    console.log(`peer OnnxGenerator.generate alone (no template/decoding): ${f(peerRate)} tokens/s; playground/peer = ${(base.tokensPerS / peerRate).toFixed(2)}`);
+    console.log(`peer OnnxGenerator.generate alone (no template/decoding, ONNX Runtime's default threads = all ${os.availableParallelism()} cores): ${f(peerRate)} tokens/s; playground base alone/peer = ${(base.tokensPerS / peerRate).toFixed(2)}, both columns together/peer = ${((both[0].tokens + both[1].tokens) / bothS / peerRate).toFixed(2)}`);
+    console.log(`(the playground gives each graph ${Math.max(1, Math.floor(os.availableParallelism() / 2))} intra-op threads, since both columns always run together)`);
   } finally {
     fs.rmSync(tmp, { recursive: true, force: true });
   }

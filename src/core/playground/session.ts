@@ -2,6 +2,7 @@
 // the base and the adapter graphs generate from the same prompt ids concurrently, each
 // streaming decoded text through callbacks with its own tokens/s.
 import * as fs from 'node:fs';
+import * as os from 'node:os';
 import * as path from 'node:path';
 import { OnnxGenerator } from '../export/onnxGenerate';
 import { loadModelTokenizer, resolveTemplate, type ModelTokenizer } from '../tokenize/modelTokenizer';
@@ -131,9 +132,12 @@ export class PlaygroundSession {
   ) {}
 
   /** `modelDir` supplies the tokenizer and chat template (the merged model shares them). */
+  /** `threads`: intra-op threads of each graph; by default half the cores each, since the
+   *  two columns always generate at the same time and would otherwise contend for every core. */
   static async open(opts: { modelDir: string; baseOnnx: string; adapterOnnx: string; preferCuda?: boolean; threads?: number }): Promise<PlaygroundSession> {
     const tokenizer = await loadModelTokenizer(opts.modelDir);
     const { template, fallbackFrom } = resolveTemplate(tokenizer, 'model');
+    opts = { ...opts, threads: opts.threads ?? Math.max(1, Math.floor(os.availableParallelism() / 2)) };
     const base = await loadGenerator(opts.baseOnnx, opts);
     let adapter;
     try {
