@@ -9,7 +9,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { writeTinyModel } from '../../src/core/fixtures/tinyModel';
 import { OnnxGenerator } from '../../src/core/export/onnxGenerate';
-import { IncrementalDecoder, PlaygroundError, PlaygroundSession, preparePlayground, readPinnedPrompts, runPinnedPrompts, PINNED_PROMPTS_FILE } from '../../src/core/playground';
+import { IncrementalDecoder, PlaygroundError, PlaygroundSession, preparePlayground, readPinnedPrompts, runPinnedForRun, runPinnedPrompts, PINNED_PROMPTS_FILE } from '../../src/core/playground';
 import { runtimeWith, writeRandomAdapter } from './exportReference';
 import { standInCalls, writeMergeStandIn } from './playgroundHelpers';
 
@@ -212,6 +212,24 @@ test('pinned prompts: read from the workspace file, both answers saved beside th
   assert.equal(saved.outputs[0].base.text, direct.base.text);
   assert.equal(saved.outputs[0].adapter.text, direct.adapter.text);
   assert.ok(saved.outputs.every((o: { base: { tokens: number }; adapter: { tokens: number } }) => o.base.tokens > 0 && o.adapter.tokens > 0));
+});
+
+test('runPinnedForRun: a finished run folder answers the workspace\'s pinned prompts without a playground open', async () => {
+  const f = fixture('pinned-run');
+  const runDir = path.dirname(f.adapterDir);
+  const ws = tmp('pinned-ws');
+  assert.equal(await runPinnedForRun({ runDir, workspaceDir: ws, runtimePath: f.runtime }), null, 'no pinned prompts: nothing runs');
+  assert.equal(standInCalls(f.runtime).length, 0, 'and nothing is merged');
+  fs.mkdirSync(path.join(ws, '.lora-studio'));
+  fs.writeFileSync(path.join(ws, PINNED_PROMPTS_FILE), JSON.stringify(['One', 'Two', 'Three']));
+  await assert.rejects(runPinnedForRun({ runDir, workspaceDir: ws, runtimePath: f.runtime }), /run\.json: field "model" is missing/);
+  fs.writeFileSync(path.join(runDir, 'run.json'), JSON.stringify({ v: 1, model: f.modelDir }));
+  const progress: string[] = [];
+  const r = await runPinnedForRun({ runDir, workspaceDir: ws, runtimePath: f.runtime, settings: { temperature: 0, topP: 1, maxTokens: 4 }, onProgress: (m) => progress.push(m) });
+  assert.ok(r);
+  assert.equal(r.file, path.join(runDir, 'playground', 'pinned-outputs.json'));
+  assert.deepEqual(JSON.parse(fs.readFileSync(r.file, 'utf8')).outputs.map((o: { prompt: string }) => o.prompt), ['One', 'Two', 'Three']);
+  assert.ok(progress.includes('Pinned prompt 3/3'), progress.join(' | '));
 });
 
 const mergeCmd = runtimeWith('merge');

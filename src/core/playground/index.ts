@@ -5,3 +5,5 @@ export { PlaygroundSession, IncrementalDecoder, DEFAULT_SETTINGS, loadGenerator,
 export type { GenerationSettings, Side, SideResult, StreamCallbacks } from './session';
 export { readPinnedPrompts, runPinnedPrompts, PINNED_PROMPTS_FILE, PINNED_OUTPUTS_FILE } from './pinned';
 export type { PinnedOutput, PinnedOutputsFile } from './pinned';
+export { runPinnedForRun } from './pinnedRun';
+export type { PinnedRunOptions } from './pinnedRun';
