@@ -70,10 +70,34 @@ export function activate(context: vscode.ExtensionContext): LoraStudioApi {
 
   const command = (id: string, fn: (...args: any[]) => unknown) => vscode.commands.registerCommand(id, fn);
 
+  // Pinned prompts run against every new adapter, in the background, when the workspace has any.
+  const runPinnedAfterTraining = async (runDir: string): Promise<void> => {
+    const workspaceDir = vscode.workspace.workspaceFolders?.[0]?.uri.fsPath;
+    if (!workspaceDir || !fs.existsSync(path.join(workspaceDir, '.lora-studio', 'pinned-prompts.json'))) return;
+    await vscode.window.withProgress({ location: vscode.ProgressLocation.Notification, title: `LoRA Studio: pinned prompts for ${path.basename(runDir)}`, cancellable: true },
+      async (progress, token) => {
+        try {
+          const { locateRuntime } = await import('../core/runtime/locate');
+          const { runPinnedForRun } = await import('../core/playground/pinnedRun');
+          const runtime = await locateRuntime({ setting: vscode.workspace.getConfiguration('loraStudio').get<string>('runtimePath', ''), root: context.extensionUri.fsPath });
+          const r = await runPinnedForRun({ runDir, workspaceDir, runtimePath: runtime.path, token, onProgress: (message) => progress.report({ message }), onLog: (l) => log.runtime(l) });
+          if (!r || token.isCancellationRequested) return;
+          log.info(`pinned prompts: ${r.outputs.length} answers saved to ${r.file}`);
+          const a = await vscode.window.showInformationMessage(`LoRA Studio: answers to ${r.outputs.length} pinned prompts saved beside ${path.basename(runDir)}.`, 'Open');
+          if (a) await vscode.window.showTextDocument(vscode.Uri.file(r.file));
+        } catch (e) {
+          if (token.isCancellationRequested) return;
+          log.error(`pinned prompts for ${runDir}: ${(e as Error).message}`);
+          void vscode.window.showWarningMessage(`LoRA Studio: pinned prompts for ${path.basename(runDir)} failed: ${(e as Error).message}`);
+        }
+      });
+  };
+
   context.subscriptions.push(
     log, statusBar, datasets, training, view, runs, runsView,
     vscode.window.registerWebviewViewProvider(TrainingViewProvider.viewId, view, { webviewOptions: { retainContextWhenHidden: true } }),
     training.onDidChangeRuns(() => runs.refresh()),
+    training.onDidCompleteRun((dir) => void runPinnedAfterTraining(dir)),
     vscode.workspace.onDidGrantWorkspaceTrust(() => void view?.setTrust(true)),
     vscode.workspace.onDidChangeConfiguration((e) => {
       if (e.affectsConfiguration('loraStudio.runsFolder')) runs.refresh();

@@ -68,6 +68,9 @@ export class TrainingController implements TrainingHost, vscode.Disposable {
   private readonly changed = new vscode.EventEmitter<void>();
   /** Fires when a run starts, ends, checkpoints or is opened (the Runs view listens). */
   readonly onDidChangeRuns = this.changed.event;
+  private readonly completed = new vscode.EventEmitter<string>();
+  /** Fires with the run folder when a run completes with its final adapter (pinned prompts run then). */
+  readonly onDidCompleteRun = this.completed.event;
 
   constructor(
     private readonly log: Log,
@@ -396,9 +399,11 @@ export class TrainingController implements TrainingHost, vscode.Disposable {
     run.resolveFinished();
     if (status === 'completed') {
       const loss = digest.finalLoss !== null ? `, final loss ${digest.finalLoss.toFixed(4)}` : '';
-      void vscode.window.showInformationMessage(`LoRA Studio: ${run.label} finished after ${digest.step} steps${loss}.`, 'Reveal Adapter').then((a) => {
-        if (a) void this.revealAdapter(run.runId);
+      void vscode.window.showInformationMessage(`LoRA Studio: ${run.label} finished after ${digest.step} steps${loss}.`, 'Reveal Adapter', 'Try Adapter').then((a) => {
+        if (a === 'Reveal Adapter') void this.revealAdapter(run.runId);
+        else if (a === 'Try Adapter') void vscode.commands.executeCommand('loraStudio.tryAdapter', run.dir);
       });
+      if (adapter) this.completed.fire(run.dir);
     } else if (status === 'stopped') {
       void vscode.window.showInformationMessage(`LoRA Studio: ${run.label} stopped at step ${digest.step}. Resume it from the Runs view.`);
     } else {
@@ -509,6 +514,7 @@ export class TrainingController implements TrainingHost, vscode.Disposable {
       run.stderrLog?.end();
     }
     this.changed.dispose();
+    this.completed.dispose();
   }
 }
 

@@ -95,6 +95,9 @@ for (let i = 0; i < 60; i++) {
   ] }));
 }
 writeFileSync(path.join(ws, 'data', 'chat.jsonl'), rows.join('\n') + '\n');
+// Pinned prompts: answered with every adapter that finishes (the suite checks the saved answers).
+mkdirSync(path.join(ws, '.lora-studio'), { recursive: true });
+writeFileSync(path.join(ws, '.lora-studio', 'pinned-prompts.json'), JSON.stringify(['Tell me one fact about owls.', 'What about tea?']));
 writeFileSync(path.join(ws, '.vscode', 'settings.json'), JSON.stringify({
   'loraStudio.defaultModelFolder': modelDir,
   'loraStudio.defaultPreset': 'cpu-quick',

@@ -220,5 +220,10 @@ describe('LoRA Studio in VS Code', () => {
     await vscode.commands.executeCommand('loraStudio.tryAdapter', completed);
     const tab = await waitFor('the Try Adapter tab', () => vscode.window.tabGroups.all.flatMap((g) => g.tabs).find((t) => t.label.startsWith('Try: ')), 10_000);
     assert.ok(tab.input instanceof vscode.TabInputWebview, 'Try Adapter is a webview tab');
+    // The workspace has pinned prompts: the finished run's adapter answered them in the background.
+    const saved = path.join((completed as unknown as { run: { dir: string } }).run.dir, 'playground', 'pinned-outputs.json');
+    await waitFor('the pinned prompts\' answers', () => fs.existsSync(saved), 120_000);
+    const outputs = JSON.parse(fs.readFileSync(saved, 'utf8')).outputs as { prompt: string; base: { tokens: number }; adapter: { tokens: number } }[];
+    assert.deepEqual(outputs.map((o) => o.prompt), ['Tell me one fact about owls.', 'What about tea?']);
   });
 });
