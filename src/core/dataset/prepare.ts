@@ -6,6 +6,7 @@ import * as path from 'node:path';
 import type { TemplateChoice } from '../tokenize/templates';
 import { Diagnostic } from './diagnostics';
 import { DataEngine, EngineOptions, PrepareSummary } from './engine';
+import { writeJsonAtomic } from '../util/atomicWrite';
 
 export type { PrepareSummary, SplitSummary, LengthHistogram, FileSummary } from './engine';
 
@@ -72,14 +73,8 @@ export async function prepareDataset(opts: PrepareOptions): Promise<PrepareResul
   const engine = new DataEngine(engineOptions(opts, outDir));
   const result = await engine.run();
   const summaryPath = path.join(outDir, 'summary.json');
-  writeFileAtomic(summaryPath, JSON.stringify(result.summary, null, 2) + '\n');
+  writeJsonAtomic(summaryPath, result.summary);
   if (!result.evalPath) fs.rmSync(path.join(outDir, 'eval.bin'), { force: true });
   return { trainPath: result.trainPath!, evalPath: result.evalPath, summaryPath, summary: result.summary, diagnostics: result.diagnostics };
 }
 
-function writeFileAtomic(file: string, text: string): void {
-  fs.mkdirSync(path.dirname(file), { recursive: true });
-  const tmp = `${file}.tmp-${process.pid}-${Math.random().toString(36).slice(2)}`;
-  fs.writeFileSync(tmp, text);
-  fs.renameSync(tmp, file);
-}

@@ -5,9 +5,8 @@
 //   zero padding to general.alignment, then each tensor's data at its (aligned) offset.
 // Strings are u64 length + UTF-8 bytes. Tensor data is streamed from callbacks so a model is
 // never held whole in memory; the file is written to a temporary name and renamed.
-import * as fs from 'node:fs';
-import * as path from 'node:path';
 import { f32ToF16 } from '../model/dtype';
+import { writeAll, writeFileAtomicWith } from '../util/atomicWrite';
 
 export const GGUF_MAGIC = 0x46554747; // "GGUF" read as a little-endian u32
 export const GGUF_VERSION = 3;
@@ -230,11 +229,8 @@ export function writeGguf(file: string, metadata: ReadonlyMap<string, GgufValue>
   });
   w.pad(alignment);
 
-  const tmp = `${file}.tmp-${process.pid}`;
-  fs.mkdirSync(path.dirname(path.resolve(file)), { recursive: true });
-  const fd = fs.openSync(tmp, 'w');
-  let written = 0;
-  try {
+  return writeFileAtomicWith(file, (fd) => {
+    let written = 0;
     written += writeAll(fd, w.bytes());
     const total = offset;
     let dataPos = 0;
@@ -252,19 +248,7 @@ export function writeGguf(file: string, metadata: ReadonlyMap<string, GgufValue>
       onProgress?.({ tensor: t.name, index: i, count: tensors.length, bytesWritten: dataPos, bytesTotal: total });
     });
     if (dataPos < offset) written += writeAll(fd, Buffer.alloc(offset - dataPos));
-    fs.fsyncSync(fd);
-  } catch (e) {
-    fs.closeSync(fd);
-    fs.rmSync(tmp, { force: true });
-    throw e;
-  }
-  fs.closeSync(fd);
-  fs.renameSync(tmp, file);
-  return written;
+    return written;
+  });
 }
 
-function writeAll(fd: number, bytes: Uint8Array): number {
-  let off = 0;
-  while (off < bytes.byteLength) off += fs.writeSync(fd, bytes, off, bytes.byteLength - off);
-  return bytes.byteLength;
-}

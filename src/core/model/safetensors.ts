@@ -8,6 +8,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { DTYPE_BYTES, SafetensorsDType, decodeFloats, encodeFloats, isDType } from './dtype';
+import { writeAll, writeFileAtomicWith } from '../util/atomicWrite';
 
 export class SafetensorsError extends Error {
   constructor(
@@ -219,35 +220,17 @@ export function buildHeader(tensors: readonly { name: string; dtype: Safetensors
 export function writeSafetensors(file: string, tensors: readonly TensorToWrite[],
   metadata: Record<string, string> | null = { format: 'pt' }): number {
   const { header, sizes } = buildHeader(tensors, metadata);
-  const tmp = `${file}.tmp-${process.pid}`;
-  fs.mkdirSync(path.dirname(file), { recursive: true });
-  const fd = fs.openSync(tmp, 'w');
-  let total = 0;
-  try {
-    writeAll(fd, header);
-    total += header.length;
+  return writeFileAtomicWith(file, (fd) => {
+    let total = writeAll(fd, header);
     tensors.forEach((t, i) => {
       const bytes = tensorBytes(t);
       if (bytes.byteLength !== sizes[i]) {
         throw new Error(`tensor ${t.name}: ${bytes.byteLength} bytes given, shape [${t.shape.join(', ')}] of ${t.dtype} needs ${sizes[i]}`);
       }
-      writeAll(fd, bytes);
-      total += bytes.byteLength;
+      total += writeAll(fd, bytes);
     });
-    fs.fsyncSync(fd);
-  } catch (e) {
-    fs.closeSync(fd);
-    fs.rmSync(tmp, { force: true });
-    throw e;
-  }
-  fs.closeSync(fd);
-  fs.renameSync(tmp, file);
-  return total;
-}
-
-function writeAll(fd: number, bytes: Uint8Array): void {
-  let off = 0;
-  while (off < bytes.byteLength) off += fs.writeSync(fd, bytes, off, bytes.byteLength - off);
+    return total;
+  });
 }
 
 export interface ModelWeightEntry extends TensorEntry {

@@ -6,6 +6,7 @@ import * as path from 'node:path';
 import { jsonErrorPosition } from '../dataset/readers';
 import { PlaygroundError } from './prepare';
 import type { GenerationSettings, PlaygroundSession, SideResult } from './session';
+import { writeJsonAtomic } from '../util/atomicWrite';
 
 export const PINNED_PROMPTS_FILE = path.join('.lora-studio', 'pinned-prompts.json');
 export const PINNED_OUTPUTS_FILE = path.join('playground', 'pinned-outputs.json');
@@ -75,10 +76,7 @@ export async function runPinnedPrompts(opts: {
     opts.onPrompt?.(i, out);
   }
   const file = path.join(opts.runDir, PINNED_OUTPUTS_FILE);
-  fs.mkdirSync(path.dirname(file), { recursive: true });
   const content: PinnedOutputsFile = { v: 1, created_at: new Date().toISOString(), adapter: path.resolve(opts.adapterDir), settings, outputs };
-  const tmp = `${file}.tmp-${process.pid}`;
-  fs.writeFileSync(tmp, JSON.stringify(content, null, 2) + '\n');
-  fs.renameSync(tmp, file);
+  writeJsonAtomic(file, content);
   return { file, outputs };
 }

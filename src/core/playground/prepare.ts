@@ -7,6 +7,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { exportOnnx } from '../export/onnx';
 import { CancellationToken, spawnProcess } from '../runtime/process';
+import { writeJsonAtomic } from '../util/atomicWrite';
 
 export class PlaygroundError extends Error {
   constructor(message: string, readonly hint?: string) {
@@ -83,9 +84,7 @@ function readStamp(cacheDir: string): CacheStamp | null {
 
 function writeStamp(cacheDir: string, s: CacheStamp): void {
   const file = path.join(cacheDir, STAMP_FILE);
-  const tmp = `${file}.tmp-${process.pid}`;
-  fs.writeFileSync(tmp, JSON.stringify(s, null, 1) + '\n');
-  fs.renameSync(tmp, file);
+  writeJsonAtomic(file, s, 1);
 }
 
 function checkFolder(dir: string, required: string[], what: string, hint: string): void {

@@ -5,6 +5,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { RuntimeEvent, parseEventLine } from '../runtime/events';
 import { isProcessAlive, readPidFile } from '../runtime/process';
+import { writeJsonAtomic } from '../util/atomicWrite';
 
 export const RUN_FILES = {
   runJson: 'run.json',
@@ -42,12 +43,7 @@ export function createRunDir(runsRoot: string, name: string, now: Date = new Dat
   throw new Error(`cannot create a run folder for "${name}" in ${runsRoot}: too many runs in the same second`);
 }
 
-/** Writes JSON to a temporary file and renames it into place. */
-export function writeJsonAtomic(file: string, value: unknown): void {
-  const tmp = `${file}.tmp-${process.pid}`;
-  fs.writeFileSync(tmp, JSON.stringify(value, null, 2) + '\n');
-  fs.renameSync(tmp, file);
-}
+export { writeJsonAtomic };
 
 export function writeRunJson(runDir: string, runJson: Record<string, unknown>): string {
   const file = path.join(runDir, RUN_FILES.runJson);

@@ -5,6 +5,7 @@
 import { ChildProcess, spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import { StringDecoder } from 'node:string_decoder';
+import { writeFileAtomic } from '../util/atomicWrite';
 
 /** Structurally compatible with vscode.CancellationToken, so the extension passes its own. */
 export interface CancellationToken {
@@ -261,9 +262,7 @@ export interface PidFileContent {
 
 function writePidFile(file: string, pid: number, command: string): void {
   const content: PidFileContent = { pid, command, started_at: new Date().toISOString() };
-  const tmp = `${file}.tmp-${process.pid}`;
-  fs.writeFileSync(tmp, JSON.stringify(content) + '\n');
-  fs.renameSync(tmp, file);
+  writeFileAtomic(file, JSON.stringify(content) + '\n');
 }
 
 function removePidFile(file: string, pid: number | undefined): void {
