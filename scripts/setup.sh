@@ -19,7 +19,11 @@ fi
 
 # onnxruntime-node's install script downloads GPU provider files; its CPU library ships in the package.
 export ONNXRUNTIME_NODE_INSTALL=skip
+# `npm install` rather than `npm ci`: it installs exactly what package-lock.json pins, but it
+# tolerates optional per-platform packages that the registry does not serve (node-llama-cpp
+# lists builds for every OS; the lock can only record those that exist), where `npm ci`
+# refuses the lock as out of sync.
 if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
-  npm ci --no-audit --no-fund
+  npm install --no-audit --no-fund
 fi
 npm run --silent build
