@@ -12,68 +12,22 @@
 
 #include "ops/gelu.hpp"
 #include "ops/layernorm.hpp"
+#include "gradcheck.hpp"
 #include "test.hpp"
 
 using namespace lora;
-
-namespace {
-
-std::vector<float> rand_vec(int64_t n, uint32_t seed, float lo, float hi) {
-  std::mt19937 gen(seed);
-  std::uniform_real_distribution<float> dist(lo, hi);
-  std::vector<float> v(static_cast<size_t>(n));
-  for (auto& x : v) x = dist(gen);
-  return v;
-}
-
-double dot(const float* y, const std::vector<float>& w) {
-  double s = 0.0;
-  for (size_t i = 0; i < w.size(); ++i) s += double(y[i]) * double(w[i]);
-  return s;
-}
-
-// Returns the number of entries of grad that differ from the central difference of loss()
-// by more than atol + rtol * |numeric|, and records the worst one as a failure.
-int64_t gradient_mismatches(const char* what, float* x, const float* grad, int64_t n,
-                            const std::function<double()>& loss, double h, double atol, double rtol) {
-  int64_t bad = 0;
-  double worst = 0, worst_num = 0, worst_ana = 0;
-  int64_t worst_i = -1;
-  for (int64_t i = 0; i < n; ++i) {
-    const float saved = x[i];
-    const float up = static_cast<float>(saved + h), down = static_cast<float>(saved - h);
-    x[i] = up;
-    const double lp = loss();
-    x[i] = down;
-    const double lm = loss();
-    x[i] = saved;
-    const double numeric = (lp - lm) / (double(up) - double(down));
-    const double excess = std::fabs(numeric - grad[i]) - (atol + rtol * std::fabs(numeric));
-    if (excess > 0) {
-      ++bad;
-      if (excess > worst || worst_i < 0) worst = excess, worst_i = i, worst_num = numeric, worst_ana = grad[i];
-    }
-  }
-  if (bad) {
-    std::ostringstream os;
-    os.precision(9);
-    os << what << ": " << bad << " gradient entries off; worst at " << worst_i << ": analytic " << worst_ana
-       << " vs numeric " << worst_num;
-    lora_test::record_failure(__FILE__, __LINE__, os.str());
-  }
-  return bad;
-}
-
-}  // namespace
+using lora_test::check_gradient;
+using lora_test::random_vec;
+using lora_test::weighted_sum;
 
 TEST(layernorm_forward_matches_formula_and_backward_matches_finite_differences) {
   const int64_t T = 5, C = 37;
   const float eps = 1e-5f;
   // An offset mean, as residual streams have, exercises the centring.
-  auto x = rand_vec(T * C, 301, -1.f, 3.f);
-  const auto w = rand_vec(C, 302, 0.5f, 1.5f);
-  const auto b = rand_vec(C, 303, -0.5f, 0.5f);
-  const auto wl = rand_vec(T * C, 304, -1.f, 1.f);
+  auto x = random_vec(T * C, 301, -1.f, 3.f);
+  const auto w = random_vec(C, 302, 0.5f, 1.5f);
+  const auto b = random_vec(C, 303, -0.5f, 0.5f);
+  const auto wl = random_vec(T * C, 304, -1.f, 1.f);
   std::vector<float> y(T * C), mean(T), rstd(T);
   layernorm_forward(y.data(), mean.data(), rstd.data(), x.data(), w.data(), b.data(), T, C, eps);
   for (int64_t t = 0; t < T; ++t) {
@@ -93,9 +47,9 @@ TEST(layernorm_forward_matches_formula_and_backward_matches_finite_differences) 
   auto loss = [&] {
     std::vector<float> yy(T * C), mm(T), rr(T);
     layernorm_forward(yy.data(), mm.data(), rr.data(), x.data(), w.data(), b.data(), T, C, eps);
-    return dot(yy.data(), wl);
+    return weighted_sum(yy.data(), wl);
   };
-  CHECK(gradient_mismatches("layernorm dx", x.data(), dx.data(), T * C, loss, 1e-2, 3e-4, 3e-3) == 0);
+  CHECK(check_gradient("layernorm dx", x.data(), dx.data(), T * C, loss, 1e-2, 3e-4, 3e-3) == 0);
   // The gradient of a normalisation is orthogonal to a constant shift of its input row.
   for (int64_t t = 0; t < T; ++t) {
     double s = 0;
@@ -106,7 +60,7 @@ TEST(layernorm_forward_matches_formula_and_backward_matches_finite_differences) 
 
 TEST(layernorm_is_invariant_to_row_shift_and_scale) {
   const int64_t T = 2, C = 16;
-  const auto x = rand_vec(T * C, 311, -1.f, 1.f);
+  const auto x = random_vec(T * C, 311, -1.f, 1.f);
   std::vector<float> x2(x);
   for (auto& v : x2) v = 3.f * v + 5.f;
   const std::vector<float> w(C, 1.f), b(C, 0.f);
@@ -118,8 +72,8 @@ TEST(layernorm_is_invariant_to_row_shift_and_scale) {
 
 TEST(gelu_forward_matches_gelu_new_and_backward_matches_finite_differences) {
   const int64_t n = 301;
-  auto x = rand_vec(n, 321, -5.f, 5.f);
-  const auto wl = rand_vec(n, 322, -1.f, 1.f);
+  auto x = random_vec(n, 321, -5.f, 5.f);
+  const auto wl = random_vec(n, 322, -1.f, 1.f);
   std::vector<float> h(n);
   gelu_forward(h.data(), x.data(), n);
   for (int64_t i = 0; i < n; ++i) {
@@ -139,9 +93,9 @@ TEST(gelu_forward_matches_gelu_new_and_backward_matches_finite_differences) {
   auto loss = [&] {
     std::vector<float> hh(n);
     gelu_forward(hh.data(), x.data(), n);
-    return dot(hh.data(), wl);
+    return weighted_sum(hh.data(), wl);
   };
-  CHECK(gradient_mismatches("gelu dx", x.data(), dx.data(), n, loss, 1e-2, 3e-4, 3e-3) == 0);
+  CHECK(check_gradient("gelu dx", x.data(), dx.data(), n, loss, 1e-2, 3e-4, 3e-3) == 0);
 }
 
 TEST(gelu_handles_large_inputs_and_in_place_use) {
