@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -14,6 +15,8 @@
 #include "common/rng.hpp"
 #include "formats/safetensors.hpp"
 #include "formats/shard.hpp"
+#include "model/lora.hpp"
+#include "train/data.hpp"
 #include "train/files.hpp"
 
 namespace lora_test {
@@ -139,6 +142,26 @@ inline lora::TokenShard make_shard(const std::vector<std::vector<uint32_t>>& doc
     s.offsets.push_back(s.tokens.size());
   }
   return s;
+}
+
+// Gives every LoRA B matrix non-zero values, so that the gradients of A are non-zero too.
+inline void randomise_b(lora::LoraState& lora, uint64_t seed) {
+  for (int64_t l = 0; l < lora.layers; ++l)
+    for (int m : lora.spec.targets) {
+      const lora::LoraSlot& s = lora.slot(l, m);
+      auto v = random_tensor(seed, l * 16 + m, s.out * lora.spec.r, 0.3f);
+      std::copy(v.begin(), v.end(), lora.params.begin() + s.b);
+    }
+}
+
+// Two rows of 12 tokens; the first row packs two documents, the second holds one and padding.
+inline lora::Batch packed_batch(int64_t vocab) {
+  const auto shard = make_shard({{1, 5, 9, 13, 17, 21, 25}, {2, 6, 10, 14, 18}, {3, 7, 11, 15, 19, 23, 27, 31}},
+                                static_cast<uint32_t>(vocab));
+  lora::PackedRows rows = lora::pack_shard(shard, 12);
+  std::vector<int64_t> ids(rows.rows);
+  for (int64_t i = 0; i < rows.rows; ++i) ids[i] = i;
+  return lora::gather_rows(rows, ids.data(), rows.rows);
 }
 
 }  // namespace lora_test

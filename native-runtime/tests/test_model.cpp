@@ -13,6 +13,8 @@
 #include "train/data.hpp"
 
 using namespace lora;
+using lora_test::packed_batch;
+using lora_test::randomise_b;
 using lora_test::TinyModelSpec;
 
 namespace {
@@ -34,26 +36,6 @@ LoraSpec all_targets(int64_t r, double dropout = 0.0) {
   s.dropout = dropout;
   for (int m : arch_modules(Arch::Llama)) s.targets.push_back(m);
   return s;
-}
-
-// Gives B non-zero values so that the gradients of A are non-zero too.
-void randomise_b(LoraState& lora, uint64_t seed) {
-  for (int64_t l = 0; l < lora.layers; ++l)
-    for (int m : lora.spec.targets) {
-      const LoraSlot& s = lora.slot(l, m);
-      auto v = lora_test::random_tensor(seed, l * 16 + m, s.out * lora.spec.r, 0.3f);
-      std::copy(v.begin(), v.end(), lora.params.begin() + s.b);
-    }
-}
-
-// Two rows of 12 tokens; the first row packs two documents, the second holds one and padding.
-Batch packed_batch(int64_t vocab) {
-  const auto shard = lora_test::make_shard({{1, 5, 9, 13, 17, 21, 25}, {2, 6, 10, 14, 18}, {3, 7, 11, 15, 19, 23, 27, 31}},
-                                           static_cast<uint32_t>(vocab));
-  PackedRows rows = pack_shard(shard, 12);
-  std::vector<int64_t> ids(rows.rows);
-  for (int64_t i = 0; i < rows.rows; ++i) ids[i] = i;
-  return gather_rows(rows, ids.data(), rows.rows);
 }
 
 // Checks dL/dparam (L = mean loss over targets) for the largest-gradient entries of A and

@@ -20,6 +20,8 @@
 #include "train/run_config.hpp"
 
 using namespace lora;
+using lora_test::packed_batch;
+using lora_test::randomise_b;
 using lora_test::TinyGpt2Spec;
 
 namespace {
@@ -43,24 +45,6 @@ LoraSpec gpt2_targets(int64_t r) {
   s.alpha = 2.0 * r;
   s.targets = arch_modules(Arch::GPT2);
   return s;
-}
-
-void randomise_b(LoraState& lora, uint64_t seed) {
-  for (int64_t l = 0; l < lora.layers; ++l)
-    for (int m : lora.spec.targets) {
-      const LoraSlot& s = lora.slot(l, m);
-      auto v = lora_test::random_tensor(seed, l * 16 + m, s.out * lora.spec.r, 0.3f);
-      std::copy(v.begin(), v.end(), lora.params.begin() + s.b);
-    }
-}
-
-Batch packed_batch(int64_t vocab) {
-  const auto shard = lora_test::make_shard({{1, 5, 9, 13, 17, 21, 25}, {2, 6, 10, 14, 18}, {3, 7, 11, 15, 19, 23, 27, 31}},
-                                           static_cast<uint32_t>(vocab));
-  PackedRows rows = pack_shard(shard, 12);
-  std::vector<int64_t> ids(rows.rows);
-  for (int64_t i = 0; i < rows.rows; ++i) ids[i] = i;
-  return gather_rows(rows, ids.data(), rows.rows);
 }
 
 Json parse_json(const std::string& text) {
