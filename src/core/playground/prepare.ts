@@ -6,7 +6,8 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { exportOnnx } from '../export/onnx';
-import { CancellationToken, spawnProcess } from '../runtime/process';
+import { MergeError, mergeAdapter } from '../export/merge';
+import { CancellationToken } from '../runtime/process';
 import { writeJsonAtomic } from '../util/atomicWrite';
 
 export class PlaygroundError extends Error {
@@ -93,56 +94,14 @@ function checkFolder(dir: string, required: string[], what: string, hint: string
   }
 }
 
-/** Runs `lora-runtime merge` into a fresh temporary folder, then renames it into place. */
-async function mergeAdapter(opts: PrepareOptions, out: string): Promise<void> {
-  const tmp = `${out}.tmp-${process.pid}`;
-  fs.rmSync(tmp, { recursive: true, force: true });
-  const stderr: string[] = [];
-  const stdout: string[] = [];
-  const proc = spawnProcess(opts.runtimePath, ['merge', '--model', opts.modelDir, '--adapter', opts.adapterDir, '--out', tmp, '--dtype', 'f32'], {
-    token: opts.token,
-    // merge has no stdin protocol: cancelling goes straight to SIGTERM.
-    stopMessage: null,
-    killTimeoutMs: 5000,
-    onStdoutLine: (l) => stdout.push(l),
-    onStderrLine: (l) => {
-      stderr.push(l);
-      opts.onLog?.(l);
-    },
-  });
-  let exit;
+/** The shared merge, in f32 (ONNX export takes a plain folder), with its errors as PlaygroundErrors. */
+async function mergeForPlayground(opts: PrepareOptions, out: string): Promise<void> {
   try {
-    exit = await proc.exited;
+    await mergeAdapter({ runtimePath: opts.runtimePath, modelDir: opts.modelDir, adapterDir: opts.adapterDir, outDir: out, dtype: 'f32', token: opts.token, onLog: opts.onLog });
   } catch (e) {
-    throw new PlaygroundError(`cannot start ${opts.runtimePath}: ${(e as Error).message}`, 'set loraStudio.runtimePath to a built lora-runtime');
+    if (e instanceof MergeError) throw new PlaygroundError(e.detail, e.hint);
+    throw e;
   }
-  if (opts.token?.isCancellationRequested) {
-    fs.rmSync(tmp, { recursive: true, force: true });
-    throw new PlaygroundError('cancelled');
-  }
-  if (exit.code !== 0) {
-    fs.rmSync(tmp, { recursive: true, force: true });
-    const detail = runtimeErrorText(stdout, stderr);
-    if (/unknown command|usage:/i.test(detail) && !/merge --model/.test(detail)) {
-      throw new PlaygroundError(`this lora-runtime has no merge command (${opts.runtimePath})`, 'rebuild the runtime (node scripts/build-native.mjs) or update LoRA Studio');
-    }
-    throw new PlaygroundError(`lora-runtime merge failed (exit ${exit.code ?? exit.signal}): ${detail}`);
-  }
-  fs.rmSync(out, { recursive: true, force: true });
-  fs.renameSync(tmp, out);
-}
-
-/** The runtime's own error event when it printed one (message + hint), else the last stderr lines. */
-function runtimeErrorText(stdout: string[], stderr: string[]): string {
-  for (const line of [...stdout].reverse()) {
-    try {
-      const e = JSON.parse(line) as { event?: string; type?: string; message?: string; hint?: string };
-      if ((e.event ?? e.type) === 'error' && typeof e.message === 'string') return e.hint ? `${e.message} (${e.hint})` : e.message;
-    } catch {
-      // not JSON: plain output
-    }
-  }
-  return [...stderr, ...stdout].slice(-5).join(' | ') || 'no output';
 }
 
 function exportTo(modelDir: string, outDir: string): void {
@@ -196,7 +155,7 @@ export async function preparePlayground(opts: PrepareOptions): Promise<PreparedM
       opts.onProgress?.({ phase: 'merge', message: 'Merging the adapter into the base model (lora-runtime merge)' });
       stamp.done.merged = stamp.done.adapter = false;
       writeStamp(cacheDir, stamp);
-      await mergeAdapter(opts, mergedDir);
+      await mergeForPlayground(opts, mergedDir);
       stamp.done.merged = rebuilt.merged = true;
       writeStamp(cacheDir, stamp);
     }
