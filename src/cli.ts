@@ -19,6 +19,10 @@ import { RuntimeLocateError, RuntimeInfo, locateRuntime } from './core/runtime/l
 import { ManagedProcess, execCommand, spawnProcess } from './core/runtime/process';
 import { RUN_FILES, createRunDir, latestCheckpoint, listRuns, readRunJson, summarizeRun, writeRunJson, liveRuntimePid } from './core/runs/runs';
 import { ProgressTracker, formatDuration, formatProgress } from './core/runs/progress';
+import { EXPORT_FORMATS, EXPORT_FORMAT_INFO, ExportFormat, exportAdapter } from './core/export/exportAdapter';
+import { ExportError } from './core/export/hfModel';
+import { MergeError } from './core/export/merge';
+import { CancellationTokenSource } from './core/runtime/process';
 
 const VERSION = '0.1.0';
 
@@ -44,6 +48,7 @@ commands:
   runs      list the runs in a runs folder with status, steps, loss and duration
   inspect   show a model folder's architecture, sizes, target modules and a memory estimate
   models    list models in the Hugging Face cache
+  export    write a run's adapter as GGUF (llama.cpp / Ollama), a merged HF folder or ONNX
 
 Run "lora-studio <command> --help" for a command's options.
 Environment: LORA_STUDIO_RUNTIME=path to lora-runtime (else the bundled native-runtime/build/lora-runtime).`,
@@ -91,6 +96,21 @@ Continues a stopped or interrupted run from its newest complete checkpoint.`,
 
 Reads config.json and the safetensors headers only (no weights) and prints the architecture,
 sizes, the LoRA target modules with their shapes, and a memory estimate (CUDA and CPU).`,
+  export: `usage: lora-studio export (--run RUN_DIR | --adapter DIR [--model DIR]) --format FORMAT --out DIR [options]
+
+  --run RUN_DIR          a run folder: its final adapter (RUN_DIR/adapter) and run.json's model
+  --adapter DIR          a PEFT adapter folder (adapter_model.safetensors + adapter_config.json)
+  --model DIR            the base model folder (default: the run's model; required with --adapter)
+  --format FORMAT        one of:${EXPORT_FORMATS.map((f) => `
+    ${f.padEnd(13)} ${EXPORT_FORMAT_INFO[f].detail}`).join('')}
+  --out DIR              output folder (created); files are named after the model (--name)
+  --dtype T              precision: gguf-adapter f32|f16 (f32), ollama and gguf-model f16|f32|q8_0 (f16),
+                         merged bf16|f16|f32 (bf16), onnx f32
+  --name NAME            base name of the written files (default: the model folder's name)
+  --runtime PATH         lora-runtime, used by merged, gguf-model and onnx (default: $LORA_STUDIO_RUNTIME, then the bundled build)
+  --json                 print a JSON summary on stdout (progress goes to stderr)
+
+Ctrl-C cancels; a cancelled or failed export leaves no half-written merged folder.`,
   models: `usage: lora-studio models [--json]
 
 Lists models in the Hugging Face cache ($HF_HUB_CACHE, $HF_HOME/hub or ~/.cache/huggingface/hub).`,
@@ -564,6 +584,79 @@ async function cmdEval(args: string[]): Promise<number> {
   }
 }
 
+// ---------------------------------------------------------------- export
+
+/** run.json's model as written (often relative to where training was started): the cwd first, then the run folder. */
+function runModelDir(runDir: string, model: string): string {
+  if (path.isAbsolute(model) || fs.existsSync(model)) return path.resolve(model);
+  const besideRun = path.resolve(runDir, model);
+  return fs.existsSync(besideRun) ? besideRun : path.resolve(model);
+}
+
+async function cmdExport(args: string[]): Promise<number> {
+  const { values: o } = parse('export', args, {
+    run: { type: 'string' }, adapter: { type: 'string' }, model: { type: 'string' }, format: { type: 'string' }, out: { type: 'string' },
+    dtype: { type: 'string' }, name: { type: 'string' }, runtime: { type: 'string' }, json: { type: 'boolean' },
+  });
+  if (o.help) return help('export');
+  const json = o.json === true;
+  let model = str(o.model);
+  let adapter = str(o.adapter);
+  if (typeof o.run === 'string') {
+    const runDir = path.resolve(o.run);
+    const run = readRunJson(runDir);
+    if (!run || typeof run.model !== 'string') throw new CliError(`${runDir} is not a run folder (no readable run.json)`, 'list runs with: lora-studio runs');
+    model ??= runModelDir(runDir, run.model);
+    adapter ??= path.join(runDir, RUN_FILES.adapter);
+    if (!fs.existsSync(path.join(adapter, 'adapter_model.safetensors'))) {
+      throw new CliError(`${runDir} has no final adapter (${path.join(adapter, 'adapter_model.safetensors')} is missing)`,
+        'a run writes its adapter when it completes; finish it with: lora-studio resume RUN_DIR');
+    }
+  }
+  if (!adapter) throw new CliError('export: --run or --adapter is required', 'e.g. lora-studio export --run .lora-studio/runs/RUN --format gguf-adapter --out out/');
+  if (!model) throw new CliError('export: --model is required with --adapter', 'pass the Hugging Face model folder the adapter was trained on');
+  if (typeof o.format !== 'string') throw new CliError('export: --format is required', `one of ${EXPORT_FORMATS.join(', ')}`);
+  if (!(EXPORT_FORMATS as readonly string[]).includes(o.format)) throw new CliError(`export: unknown --format "${o.format}"`, `one of ${EXPORT_FORMATS.join(', ')}`);
+  if (typeof o.out !== 'string') throw new CliError('export: --out is required', 'the folder the exported files go to');
+  const format = o.format as ExportFormat;
+  const runtimePath = EXPORT_FORMAT_INFO[format].needsRuntime ? (await runtimeOrFail(str(o.runtime))).path : undefined;
+
+  const cts = new CancellationTokenSource();
+  const onSigint = () => {
+    log('cancelling the export (Ctrl-C again to kill)');
+    cts.cancel();
+    process.removeListener('SIGINT', onSigint);
+  };
+  process.on('SIGINT', onSigint);
+  // Progress as lines (not a redrawn bar) so logs and CI output stay readable: each phase once,
+  // then every tenth of the way.
+  let lastPhase = '';
+  let lastTenth = -1;
+  try {
+    const r = await exportAdapter({
+      format, modelDir: model, adapterDir: adapter, outDir: o.out, dtype: str(o.dtype), name: str(o.name), runtimePath, token: cts.token,
+      onProgress: (p) => {
+        const tenth = Math.floor(p.fraction * 10);
+        if (p.phase === lastPhase && tenth === lastTenth) return;
+        if (p.phase !== lastPhase || p.phase === 'done') log(`${p.phase}: ${p.message}`);
+        else log(`${p.phase}: ${tenth * 10}%`);
+        lastPhase = p.phase;
+        lastTenth = tenth;
+      },
+      onLog: (l) => log(`  ${l}`),
+    });
+    if (json) process.stdout.write(JSON.stringify({ format: r.format, dtype: r.dtype, out: r.outDir, files: r.files, model: path.resolve(model), adapter: path.resolve(adapter) }) + '\n');
+    else for (const f of r.files) log(`wrote ${f}`);
+    return EXIT.ok;
+  } catch (e) {
+    if (e instanceof ExportError) throw new CliError(`${e.file}${e.field ? ` (${e.field})` : ''}: ${e.detail}`, e.hint);
+    if (e instanceof MergeError) throw new CliError(e.cancelled ? 'export cancelled' : e.detail, e.hint, e.cancelled ? EXIT.ok : EXIT.badInput);
+    throw e;
+  } finally {
+    process.removeListener('SIGINT', onSigint);
+  }
+}
+
 // ---------------------------------------------------------------- runs / inspect / models
 
 function cmdRuns(args: string[]): number {
@@ -654,10 +747,11 @@ export async function main(argv: string[]): Promise<number> {
       case 'runs': return cmdRuns(rest);
       case 'inspect': return cmdInspect(rest);
       case 'models': return cmdModels(rest);
+      case 'export': return await cmdExport(rest);
       case '--version': case '-v': process.stdout.write(`${VERSION}\n`); return EXIT.ok;
       case undefined: case '--help': case '-h': case 'help': return help('main');
       default:
-        throw new CliError(`unknown command "${cmd}"`, 'commands: train, resume, prepare, eval, runs, inspect, models (lora-studio --help)');
+        throw new CliError(`unknown command "${cmd}"`, 'commands: train, resume, prepare, eval, runs, inspect, models, export (lora-studio --help)');
     }
   } catch (e) {
     if (e instanceof CliError) {

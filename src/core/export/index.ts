@@ -6,3 +6,7 @@ export type { OnnxExportOptions, OnnxExportResult } from './onnx';
 export { ExportError } from './hfModel';
 export { OnnxGenerator, pick } from './onnxGenerate';
 export type { GenerateOptions, GeneratedToken } from './onnxGenerate';
+export { mergeAdapter, MergeError } from './merge';
+export type { MergeOptions, MergeResult, MergeDtype } from './merge';
+export { exportAdapter, checkExportInputs, EXPORT_FORMATS, EXPORT_FORMAT_INFO } from './exportAdapter';
+export type { ExportAdapterOptions, ExportAdapterResult, ExportFormat } from './exportAdapter';
