@@ -149,6 +149,12 @@ export function activate(context: vscode.ExtensionContext): LoraStudioApi {
       const { openPlayground } = await import('./playground');
       openPlayground({ extensionUri: context.extensionUri, log, workspaceDir: vscode.workspace.workspaceFolders?.[0]?.uri.fsPath ?? null }, dir);
     }),
+    command('loraStudio.exportAdapter', async (arg?: unknown, options?: import('./exportCommand').ExportCommandArgs) => {
+      const dir = await pickRun(arg, 'Run whose adapter to export', (r) => r.adapter !== null && r.status !== 'running');
+      if (!dir) return undefined;
+      const { exportRunAdapter } = await import('./exportCommand');
+      return exportRunAdapter({ extensionUri: context.extensionUri, log, workspaceDir: vscode.workspace.workspaceFolders?.[0]?.uri.fsPath ?? null }, dir, options);
+    }),
     command('loraStudio.showRuntimeLog', () => log.show()),
     command('loraStudio.refreshRuns', () => runs.refresh()),
   );

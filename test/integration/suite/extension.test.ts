@@ -17,7 +17,7 @@ const EXTENSION_ID = 'lora-studio.lora-studio';
 const COMMANDS = [
   'loraStudio.newTrainingRun', 'loraStudio.fineTuneDataset', 'loraStudio.stopTraining', 'loraStudio.resumeRun',
   'loraStudio.openRun', 'loraStudio.compareRuns', 'loraStudio.revealAdapter', 'loraStudio.showRuntimeLog',
-  'loraStudio.tryAdapter',
+  'loraStudio.tryAdapter', 'loraStudio.exportAdapter',
 ];
 
 async function waitFor<T>(what: string, fn: () => T | undefined | null | false | Promise<T | undefined | null | false>, timeoutMs: number): Promise<T> {
@@ -225,5 +225,25 @@ describe('LoRA Studio in VS Code', () => {
     await waitFor('the pinned prompts\' answers', () => fs.existsSync(saved), 120_000);
     const outputs = JSON.parse(fs.readFileSync(saved, 'utf8')).outputs as { prompt: string; base: { tokens: number }; adapter: { tokens: number } }[];
     assert.deepEqual(outputs.map((o) => o.prompt), ['Tell me one fact about owls.', 'What about tea?']);
+  });
+  it('exports a finished run\'s adapter as a GGUF adapter (format and folder passed, no pickers)', async () => {
+    const items = await api.runs.getChildren();
+    const completed = items.find((i) => String(i.description).startsWith('completed') && /adapter/.test(i.contextValue ?? ''));
+    assert.ok(completed, 'a completed run with an adapter is listed');
+    const out = path.join(workspaceRoot(), 'exports');
+    const r = await vscode.commands.executeCommand<{ format: string; files: string[] } | undefined>('loraStudio.exportAdapter', completed, { format: 'gguf-adapter', outDir: out });
+    assert.ok(r, 'the export returns its result');
+    assert.equal(r.format, 'gguf-adapter');
+    assert.equal(path.dirname(r.files[0]), out);
+    assert.match(path.basename(r.files[0]), /-lora-f32\.gguf$/);
+    const head = Buffer.alloc(8);
+    const fd = fs.openSync(r.files[0], 'r');
+    try {
+      fs.readSync(fd, head, 0, 8, 0);
+    } finally {
+      fs.closeSync(fd);
+    }
+    assert.equal(head.subarray(0, 4).toString('latin1'), 'GGUF');
+    assert.equal(head.readUInt32LE(4), 3, 'GGUF version 3');
   });
 });
