@@ -1,6 +1,6 @@
 #!/usr/bin/env node
-// Configures and builds native-runtime/ with CMake (Release). The CUDA sources are compiled
-// too when nvcc is on PATH (see native-runtime/CMakeLists.txt). Output:
+// Configures and builds native-runtime/ with CMake (Release): the CPU runtime, its tests and
+// its benchmark. Output:
 // native-runtime/build/lora-runtime, runtime-tests, runtime-bench.
 import { spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
