@@ -37,8 +37,9 @@ function contentSecurityPolicy(cspSource: string, nonce: string): string {
   ].join('; ');
 }
 
-/** The Compare Runs page: one overlaid loss chart and a table of differing settings. */
-export function renderCompareHtml(o: PanelHtmlOptions): string {
+/** The document shell every LoRA Studio webview shares: the strict CSP with a fresh nonce,
+ *  the extension's stylesheet, and the one script, loaded with that nonce. */
+function page(o: PanelHtmlOptions, title: string, bodyClass: string, body: string): string {
   const nonce = o.nonce ?? makeNonce();
   return `<!DOCTYPE html>
 <html lang="en">
@@ -48,34 +49,28 @@ export function renderCompareHtml(o: PanelHtmlOptions): string {
 <meta property="csp-nonce" content="${nonce}">
 <meta name="viewport" content="width=device-width, initial-scale=1.0">
 <link rel="stylesheet" href="${attr(o.styleUri)}">
-<title>Compare Runs</title>
+<title>${title}</title>
 </head>
-<body class="compare">
+<body${bodyClass ? ` class="${bodyClass}"` : ''}>${body}<script nonce="${nonce}" src="${attr(o.scriptUri)}"></script>
+</body>
+</html>`;
+}
+
+/** The Compare Runs page: one overlaid loss chart and a table of differing settings. */
+export function renderCompareHtml(o: PanelHtmlOptions): string {
+  return page(o, 'Compare Runs', 'compare', `
 <h3>Compare runs</h3>
 <div id="compare-chart" class="chart" data-series="0"></div>
 <h3>Settings that differ</h3>
 <table id="compare-diff" class="diff-table"></table>
 <div id="compare-empty" class="muted" hidden>The runs use the same settings.</div>
-<script nonce="${nonce}" src="${attr(o.scriptUri)}"></script>
-</body>
-</html>`;
+`);
 }
 
 /** The playground ("Try Adapter"): a prompt box, generation settings, and the base and
  *  adapter answers streaming side by side, each with its decode speed. */
 export function renderPlaygroundHtml(o: PanelHtmlOptions): string {
-  const nonce = o.nonce ?? makeNonce();
-  return `<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="UTF-8">
-<meta http-equiv="Content-Security-Policy" content="${attr(contentSecurityPolicy(o.cspSource, nonce))}">
-<meta property="csp-nonce" content="${nonce}">
-<meta name="viewport" content="width=device-width, initial-scale=1.0">
-<link rel="stylesheet" href="${attr(o.styleUri)}">
-<title>Try Adapter</title>
-</head>
-<body class="playground">
+  return page(o, 'Try Adapter', 'playground', `
 <header class="pg-head">
   <h3 id="pg-title">Try adapter</h3>
   <div id="pg-source" class="muted small"></div>
@@ -111,25 +106,11 @@ export function renderPlaygroundHtml(o: PanelHtmlOptions): string {
     <pre class="pg-output" id="pg-out-adapter" aria-live="polite"></pre>
   </section>
 </div>
-<script nonce="${nonce}" src="${attr(o.scriptUri)}"></script>
-</body>
-</html>`;
+`);
 }
 
 export function renderPanelHtml(o: PanelHtmlOptions): string {
-  const nonce = o.nonce ?? makeNonce();
-  const csp = contentSecurityPolicy(o.cspSource, nonce);
-  return `<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="UTF-8">
-<meta http-equiv="Content-Security-Policy" content="${attr(csp)}">
-<meta property="csp-nonce" content="${nonce}">
-<meta name="viewport" content="width=device-width, initial-scale=1.0">
-<link rel="stylesheet" href="${attr(o.styleUri)}">
-<title>LoRA Studio</title>
-</head>
-<body>
+  return page(o, 'LoRA Studio', '', `
 <div id="app">
   <div id="trust-banner" class="banner warning" hidden></div>
   <div id="notice" class="banner" hidden></div>
@@ -265,7 +246,5 @@ export function renderPanelHtml(o: PanelHtmlOptions): string {
     <span id="start-hint" class="muted small"></span>
   </div>
 </div>
-<script nonce="${nonce}" src="${attr(o.scriptUri)}"></script>
-</body>
-</html>`;
+`);
 }
