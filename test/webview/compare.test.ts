@@ -10,22 +10,12 @@ import type { Browser } from 'playwright-core';
 import { defaultConfig, toRunJson } from '../../src/core/config';
 import { CHROMIUM, SCREENSHOTS, launchBrowser, openPanel, posted, send, servePanel, settle, type PanelServer } from './harness';
 import { recordedRun } from './events';
+import { requireWithVscode } from './vscodeStandIn';
 
-// buildComparison lives in the vscode-facing module; load it with a stand-in for `vscode`,
-// which it only needs for the panel it opens (not exercised here).
-const Module = require('node:module') as { _resolveFilename: (req: string, ...rest: unknown[]) => string };
-
+// buildComparison lives in the vscode-facing module; load it with an empty stand-in for
+// `vscode`, which it only needs for the panel it opens (not exercised here).
 function loadBuildComparison(): typeof import('../../src/extension/compare').buildComparison {
-  const stub = path.join(os.tmpdir(), `vscode-stub-${process.pid}.js`);
-  writeFileSync(stub, 'module.exports = {};');
-  const orig = Module._resolveFilename;
-  Module._resolveFilename = (req: string, ...rest: unknown[]) => (req === 'vscode' ? stub : orig.call(Module, req, ...rest));
-  try {
-        return (require('../../src/extension/compare') as typeof import('../../src/extension/compare')).buildComparison;
-  } finally {
-    Module._resolveFilename = orig;
-    rmSync(stub, { force: true });
-  }
+  return requireWithVscode<typeof import('../../src/extension/compare')>('../../src/extension/compare').mod.buildComparison;
 }
 
 function writeRun(root: string, id: string, lr: number, r: number, seed: number): string {

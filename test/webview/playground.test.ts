@@ -12,13 +12,14 @@ import { parseHostMessage, parsePanelMessage } from '../../webview/protocol';
 import { CHROMIUM, ROOT, SCREENSHOTS, launchBrowser, openPanel, posted, send, settle, servePanel, type PanelServer } from './harness';
 import { writeTinyModel } from '../../src/core/fixtures/tinyModel';
 import { runtimeWith, writeRandomAdapter } from '../unit/exportReference';
+import { requireWithVscode } from './vscodeStandIn';
 
 type PlaygroundModule = typeof import('../../src/extension/playground');
 
 /** The host module with a stand-in for `vscode` that records the one webview panel it opens. */
-function loadHost(tmp: string): { mod: PlaygroundModule; panel: () => FakePanel; warnings: string[] } {
-  const stub = path.join(tmp, 'vscode-stub.js');
-  writeFileSync(stub, `
+function loadHost(): { mod: PlaygroundModule; panel: () => FakePanel; warnings: string[] } {
+  const { mod, vscode } = requireWithVscode<PlaygroundModule, { __lastPanel(): FakePanel; __warnings: string[] }>(
+    '../../src/extension/playground', `
 const path = require('node:path');
 let last = null;
 const warnings = [];
@@ -48,16 +49,7 @@ module.exports = {
   },
   workspace: { getConfiguration: () => ({ get: (k, d) => d }) },
 };`);
-  const Module = require('node:module') as { _resolveFilename: (req: string, ...rest: unknown[]) => string };
-  const orig = Module._resolveFilename;
-  Module._resolveFilename = (req: string, ...rest: unknown[]) => (req === 'vscode' ? stub : orig.call(Module, req, ...rest));
-  try {
-    const mod = require('../../src/extension/playground') as PlaygroundModule;
-    const vs = require(stub) as { __lastPanel(): FakePanel; __warnings: string[] };
-    return { mod, panel: () => vs.__lastPanel(), warnings: vs.__warnings };
-  } finally {
-    Module._resolveFilename = orig;
-  }
+  return { mod, panel: () => vscode.__lastPanel(), warnings: vscode.__warnings };
 }
 
 interface FakePanel {
@@ -199,7 +191,7 @@ describe('Try Adapter page (headless Chromium)', { skip: existsSync(CHROMIUM) ? 
       const runDir = path.join(tmp, 'runs', 'tiny-20260101-000000');
       writeRandomAdapter(path.join(runDir, 'adapter'), modelDir, { r: 4, alpha: 8, seed: 5 });
       writeFileSync(path.join(runDir, 'run.json'), JSON.stringify({ v: 1, model: modelDir }));
-      const { mod, panel: lastPanel, warnings } = loadHost(tmp);
+      const { mod, panel: lastPanel, warnings } = loadHost();
       const untrained = path.join(tmp, 'runs', 'untrained-20260101-000000');
       mkdirSync(untrained, { recursive: true });
       writeFileSync(path.join(untrained, 'run.json'), JSON.stringify({ v: 1, model: modelDir }));
