@@ -75,17 +75,8 @@ export interface PrepareSummary {
   template: (ChatTemplateInfo & { fallback: boolean }) | null;
   bos: { token: string | null; addedByTokenizer: boolean };
   eos: { token: string | null; appendedToAnswers: number };
-  options: {
-    seqLen: number | null;
-    format: FormatOption;
-    template: TemplateChoice;
-    trainOn: TrainOn;
-    assistantTurns: AssistantTurns;
-    overLength: OverLength;
-    evalSplit: number;
-    seed: number;
-    foldSystemIntoUser: boolean;
-  };
+  /** The settings the data was prepared with, as given to the engine. */
+  options: Pick<EngineOptions, 'seqLen' | 'format' | 'template' | 'trainOn' | 'assistantTurns' | 'overLength' | 'evalSplit' | 'seed' | 'foldSystemIntoUser'>;
   files: FileSummary[];
   rows: {
     read: number;
