@@ -6,7 +6,9 @@
 //  - the extension host side: src/extension/extension.ts and the core modules it uses into
 //    dist/extension.js (package.json "main"), so activation reads one file instead of dozens.
 //    Core modules stay lazily evaluated (they are required on first use); packages with
-//    native parts or data files stay external and load from node_modules.
+//    native parts or data files stay external and load from node_modules;
+//  - the export worker: src/extension/exportWorker.ts into dist/exportWorker.js, beside
+//    dist/extension.js where src/extension/exportInWorker.ts looks for it.
 // (tsc still compiles src/ into out/ for the CLI and the tests.)
 import { build } from 'esbuild';
 import { spawnSync } from 'node:child_process';
@@ -41,8 +43,8 @@ await build({
 });
 
 await build({
-  entryPoints: [path.join(root, 'src', 'extension', 'extension.ts')],
-  outfile: path.join(root, 'dist', 'extension.js'),
+  entryPoints: { extension: path.join(root, 'src', 'extension', 'extension.ts'), exportWorker: path.join(root, 'src', 'extension', 'exportWorker.ts') },
+  outdir: path.join(root, 'dist'),
   bundle: true,
   format: 'cjs',
   platform: 'node',

@@ -1,5 +1,6 @@
 // "Export Adapter…": a run's final adapter to GGUF, Ollama files, a merged HF folder or ONNX,
-// through the same core entry point as `lora-studio export`. The format and the output folder
+// through the same core entry point as `lora-studio export`, run on a worker thread
+// (exportInWorker.ts) so the extension host stays responsive. The format and the output folder
 // are asked for unless the caller passes them (keybindings, other extensions, the tests).
 
 import * as vscode from 'vscode';
@@ -31,7 +32,8 @@ function resolveModel(model: string, runDir: string, workspaceDir: string | null
 
 /** Runs the export with a cancellable progress notification; undefined when cancelled or failed (the user was told). */
 export async function exportRunAdapter(ctx: ExportContext, runDir: string, args: ExportCommandArgs = {}): Promise<ExportAdapterResult | undefined> {
-  const { EXPORT_FORMATS, EXPORT_FORMAT_INFO, exportAdapter } = await import('../core/export/exportAdapter');
+  const { EXPORT_FORMATS, EXPORT_FORMAT_INFO } = await import('../core/export/exportAdapter');
+  const { exportAdapterInWorker } = await import('./exportInWorker');
   const { ExportError } = await import('../core/export/hfModel');
   const { MergeError } = await import('../core/export/merge');
   const { RUN_FILES, readRunJson } = await import('../core/runs/runs');
@@ -83,7 +85,7 @@ export async function exportRunAdapter(ctx: ExportContext, runDir: string, args:
           runtimePath = (await locateRuntime({ setting: vscode.workspace.getConfiguration('loraStudio').get<string>('runtimePath', ''), root: ctx.extensionUri.fsPath })).path;
         }
         ctx.log.info(`export ${chosenFormat}: ${adapterDir} (model ${modelDir}) -> ${target}`);
-        const r = await exportAdapter({
+        const r = await exportAdapterInWorker({
           format: chosenFormat, modelDir, adapterDir, outDir: target, dtype: args.dtype, runtimePath, token,
           onProgress: (p) => {
             // withProgress takes increments; the core reports the fraction done.

@@ -252,7 +252,7 @@ if (!result) {
   try {
     if (pack.status !== 0) throw new Error(`package-vsix failed:\n${(pack.stdout + pack.stderr).split('\n').slice(-8).join('\n')}`);
     const names = zipEntries(readFileSync(vsix));
-    const must = ['extension/package.json', 'extension/dist/extension.js', 'extension/dist/webview/panel.js', 'extension/dist/webview/panel.css',
+    const must = ['extension/package.json', 'extension/dist/extension.js', 'extension/dist/exportWorker.js', 'extension/dist/webview/panel.js', 'extension/dist/webview/panel.css',
                   'extension/dist/webview/compare.js', 'extension/dist/webview/playground.js', 'extension/media/lora-studio.svg', 'extension/native-runtime/build/lora-runtime'];
     if (process.platform === 'linux' && process.arch === 'x64') must.push('extension/node_modules/tokenizers/tokenizers.linux-x64-gnu.node');
     for (const m of must) if (!names.includes(m)) throw new Error(`${m} is missing`);

@@ -108,51 +108,58 @@ export async function exportAdapter(opts: ExportAdapterOptions): Promise<ExportA
   const scaled = (lo: number, hi: number): ProgressCallback | undefined => progress && ((p) => progress({ ...p, fraction: lo + (hi - lo) * p.fraction }));
 
   let files: string[];
-  switch (opts.format) {
-    case 'gguf-adapter': {
-      const out = path.join(outDir, `${name}-lora-${dtype}.gguf`);
-      const r = exportAdapterGguf({ adapterDir, modelDir, out, outType: dtype as GgufOutType, name: `${name}-lora`, onProgress: progress });
-      files = [r.file];
-      break;
-    }
-    case 'ollama': {
-      const r = exportGguf({ modelDir, adapterDir, outDir, outType: dtype as GgufModelOutType, name, onProgress: progress });
-      files = [r.modelfile, ...(r.model ? [r.model.file] : []), ...(r.adapter ? [r.adapter.file] : [])];
-      break;
-    }
-    case 'gguf-model': {
-      files = await withTempMerge((dir) => {
-        const r = exportGguf({ modelDir: dir, outDir, outType: dtype as GgufModelOutType, name: `${name}-merged`, onProgress: scaled(0.3, 1) });
-        return [r.model!.file, r.modelfile];
-      });
-      break;
-    }
-    case 'merged': {
-      const dir = path.join(outDir, `${name}-merged`);
-      await merge(dir, dtype as MergeDtype);
-      files = [dir];
-      break;
-    }
-    case 'onnx': {
-      files = await withTempMerge((dir) => {
-        progress?.({ phase: 'onnx', fraction: 0.3, message: 'Exporting the merged model to ONNX' });
-        const target = path.join(outDir, `${name}-onnx`);
-        const tmp = `${target}.tmp-${process.pid}`;
-        fs.rmSync(tmp, { recursive: true, force: true });
-        try {
-          exportOnnx({ modelDir: dir, outDir: tmp, onProgress: scaled(0.3, 1) });
-          copyTokenizerFiles(dir, tmp);
-          fs.rmSync(target, { recursive: true, force: true });
-          fs.renameSync(tmp, target);
-        } finally {
+  try {
+    switch (opts.format) {
+      case 'gguf-adapter': {
+        const out = path.join(outDir, `${name}-lora-${dtype}.gguf`);
+        const r = exportAdapterGguf({ adapterDir, modelDir, out, outType: dtype as GgufOutType, name: `${name}-lora`, onProgress: progress, token: opts.token });
+        files = [r.file];
+        break;
+      }
+      case 'ollama': {
+        const r = exportGguf({ modelDir, adapterDir, outDir, outType: dtype as GgufModelOutType, name, onProgress: progress, token: opts.token });
+        files = [r.modelfile, ...(r.model ? [r.model.file] : []), ...(r.adapter ? [r.adapter.file] : [])];
+        break;
+      }
+      case 'gguf-model': {
+        files = await withTempMerge((dir) => {
+          const r = exportGguf({ modelDir: dir, outDir, outType: dtype as GgufModelOutType, name: `${name}-merged`, onProgress: scaled(0.3, 1), token: opts.token });
+          return [r.model!.file, r.modelfile];
+        });
+        break;
+      }
+      case 'merged': {
+        const dir = path.join(outDir, `${name}-merged`);
+        await merge(dir, dtype as MergeDtype);
+        files = [dir];
+        break;
+      }
+      case 'onnx': {
+        files = await withTempMerge((dir) => {
+          progress?.({ phase: 'onnx', fraction: 0.3, message: 'Exporting the merged model to ONNX' });
+          const target = path.join(outDir, `${name}-onnx`);
+          const tmp = `${target}.tmp-${process.pid}`;
           fs.rmSync(tmp, { recursive: true, force: true });
-        }
-        return [path.join(target, 'model.onnx')];
-      });
-      break;
+          try {
+            exportOnnx({ modelDir: dir, outDir: tmp, onProgress: scaled(0.3, 1), token: opts.token });
+            copyTokenizerFiles(dir, tmp);
+            fs.rmSync(target, { recursive: true, force: true });
+            fs.renameSync(tmp, target);
+          } finally {
+            fs.rmSync(tmp, { recursive: true, force: true });
+          }
+          return [path.join(target, 'model.onnx')];
+        });
+        break;
+      }
+      default:
+        throw new ExportError('format', undefined, `unknown export format "${String(opts.format)}"`, `use one of ${EXPORT_FORMATS.join(', ')}`);
     }
-    default:
-      throw new ExportError('format', undefined, `unknown export format "${String(opts.format)}"`, `use one of ${EXPORT_FORMATS.join(', ')}`);
+  } catch (e) {
+    // The GGUF and ONNX writers stop between tensors with an ExportError; callers see every
+    // cancel the way they see a cancelled merge.
+    if (opts.token?.isCancellationRequested && !(e instanceof MergeError && e.cancelled)) throw new MergeError('cancelled', undefined, true);
+    throw e;
   }
   progress?.({ phase: 'done', fraction: 1, message: `Wrote ${files[0]}` });
   return { format: opts.format, outDir, dtype, files };

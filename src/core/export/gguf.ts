@@ -7,6 +7,8 @@
 // never held whole in memory; the file is written to a temporary name and renamed.
 import { f32ToF16 } from '../model/dtype';
 import { writeAll, writeFileAtomicWith } from '../util/atomicWrite';
+import type { CancellationToken } from '../runtime/process';
+import { throwIfCancelled } from './hfModel';
 
 export const GGUF_MAGIC = 0x46554747; // "GGUF" read as a little-endian u32
 export const GGUF_VERSION = 3;
@@ -170,9 +172,10 @@ export interface GgufWriteProgress {
   bytesTotal: number;
 }
 
-/** Writes a GGUF v3 file. `general.alignment` is taken from the metadata when present. */
+/** Writes a GGUF v3 file. `general.alignment` is taken from the metadata when present. A
+ *  cancelled `token` stops it before the next tensor, leaving no file behind. */
 export function writeGguf(file: string, metadata: ReadonlyMap<string, GgufValue> | Record<string, GgufValue>,
-  tensors: readonly GgufTensor[], onProgress?: (p: GgufWriteProgress) => void): number {
+  tensors: readonly GgufTensor[], onProgress?: (p: GgufWriteProgress) => void, token?: CancellationToken): number {
   const kv = metadata instanceof Map ? [...metadata.entries()] : Object.entries(metadata);
   const alignEntry = kv.find(([k]) => k === 'general.alignment');
   const alignment = alignEntry ? Number(alignEntry[1].value) : GGUF_DEFAULT_ALIGNMENT;
@@ -235,6 +238,7 @@ export function writeGguf(file: string, metadata: ReadonlyMap<string, GgufValue>
     const total = offset;
     let dataPos = 0;
     tensors.forEach((t, i) => {
+      throwIfCancelled(token, file);
       const values = t.data();
       const expected = t.shape.reduce((a, b) => a * b, 1);
       if (values.length !== expected) throw new Error(`GGUF: tensor ${t.name} has ${values.length} values, shape [${t.shape.join(', ')}] needs ${expected}`);

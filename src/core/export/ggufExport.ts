@@ -12,7 +12,8 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { SafetensorsError, SafetensorsHeader, readSafetensorsHeader, readTensorF32 } from '../model/safetensors';
 import { GgmlType, GgufTensor, GgufValue, Q8_0_BLOCK, gv, writeGguf } from './gguf';
-import { ExportError, HfModel, HfModelConfig, openHfModel, permuteRowsForGguf, readHfConfig, readJson, ropeFreqFactors } from './hfModel';
+import { ExportError, HfModel, HfModelConfig, openHfModel, permuteRowsForGguf, readHfConfig, readJson, ropeFreqFactors, throwIfCancelled } from './hfModel';
+import type { CancellationToken } from '../runtime/process';
 
 export type GgufOutType = 'f32' | 'f16';
 /** Model precision: adapters are f32 or f16; models may also be Q8_0. */
@@ -142,6 +143,8 @@ export interface AdapterGgufOptions {
   outType?: GgufOutType;
   name?: string;
   onProgress?: ProgressCallback;
+  /** Checked between tensors; a cancelled export leaves no file. */
+  token?: CancellationToken;
 }
 
 export interface AdapterGgufResult {
@@ -207,7 +210,7 @@ export function exportAdapterGguf(opts: AdapterGgufOptions): AdapterGgufResult {
   ]);
   opts.onProgress?.({ phase: 'adapter', fraction: 0, message: `Writing ${tensors.length} LoRA tensors to ${opts.out}` });
   const bytes = writeGguf(opts.out, meta, tensors, (p) =>
-    opts.onProgress?.({ phase: 'adapter', fraction: (p.index + 1) / p.count, message: p.tensor }));
+    opts.onProgress?.({ phase: 'adapter', fraction: (p.index + 1) / p.count, message: p.tensor }), opts.token);
   return { file: opts.out, bytes, tensors: tensors.length, alpha };
 }
 
@@ -309,6 +312,8 @@ export interface ModelGgufOptions {
   outType?: GgufModelOutType;
   name?: string;
   onProgress?: ProgressCallback;
+  /** Checked between tensors; a cancelled export leaves no file. */
+  token?: CancellationToken;
 }
 
 export interface ModelGgufResult {
@@ -411,7 +416,7 @@ export function exportModelGguf(opts: ModelGgufOptions): ModelGgufResult {
   const tensors = modelGgufTensors(model, outType);
   opts.onProgress?.({ phase: 'model', fraction: 0, message: `Writing ${tensors.length} tensors to ${opts.out}` });
   const bytes = writeGguf(opts.out, meta, tensors, (p) =>
-    opts.onProgress?.({ phase: 'model', fraction: p.bytesTotal ? p.bytesWritten / p.bytesTotal : 1, message: p.tensor }));
+    opts.onProgress?.({ phase: 'model', fraction: p.bytesTotal ? p.bytesWritten / p.bytesTotal : 1, message: p.tensor }), opts.token);
   return { file: opts.out, bytes, tensors: tensors.length, architecture: ggufArchitecture(model.config).name };
 }
 
@@ -485,6 +490,8 @@ export interface ExportGgufOptions {
   skipModel?: boolean;
   name?: string;
   onProgress?: ProgressCallback;
+  /** Checked between tensors; files finished before the cancel stay, the one being written is removed. */
+  token?: CancellationToken;
 }
 
 export interface ExportGgufResult {
@@ -502,16 +509,17 @@ export function exportGguf(opts: ExportGgufOptions): ExportGgufResult {
   const report = (phase: string, lo: number, hi: number): ProgressCallback | undefined =>
     opts.onProgress && ((p) => opts.onProgress!({ ...p, phase, fraction: lo + (hi - lo) * p.fraction }));
   const split = opts.adapterDir ? 0.9 : 1;
-  const model = opts.skipModel ? null : exportModelGguf({ modelDir: opts.modelDir, out: modelFile, outType, name, onProgress: report('model', 0, split) });
+  const model = opts.skipModel ? null : exportModelGguf({ modelDir: opts.modelDir, out: modelFile, outType, name, onProgress: report('model', 0, split), token: opts.token });
   const adapter = opts.adapterDir
     ? exportAdapterGguf({
       adapterDir: opts.adapterDir, modelDir: opts.modelDir, out: path.join(outDir, `${name}-lora-${opts.adapterOutType ?? 'f32'}.gguf`),
-      outType: opts.adapterOutType ?? 'f32', name: `${name}-lora`, onProgress: report('adapter', split, 1),
+      outType: opts.adapterOutType ?? 'f32', name: `${name}-lora`, onProgress: report('adapter', split, 1), token: opts.token,
     })
     : null;
   const cfg = readHfConfig(opts.modelDir);
   const vocab = readGgufVocab(path.resolve(opts.modelDir), cfg);
   const modelfile = path.join(outDir, 'Modelfile');
+  throwIfCancelled(opts.token, modelfile);
   fs.writeFileSync(modelfile, buildModelfile({
     from: `./${path.basename(modelFile)}`,
     adapter: adapter ? `./${path.basename(adapter.file)}` : undefined,

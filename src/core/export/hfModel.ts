@@ -4,12 +4,20 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { ModelWeights, SafetensorsError, SafetensorsHeader, numel, readModelWeights, readTensorF32 } from '../model/safetensors';
+import type { CancellationToken } from '../runtime/process';
 
 export class ExportError extends Error {
   constructor(readonly file: string, readonly field: string | undefined, readonly detail: string, readonly hint?: string) {
     super(`${file}${field ? ` (${field})` : ''}: ${detail}${hint ? `. ${hint}` : ''}`);
     this.name = 'ExportError';
   }
+}
+
+/** The exporters call this between tensors (and ONNX layers), so a cancel takes effect within one
+ *  tensor's work and the atomic writers remove their temporary files on the way out. exportAdapter
+ *  reports it to its callers as a cancelled MergeError, like a cancelled merge. */
+export function throwIfCancelled(token: CancellationToken | undefined, file: string): void {
+  if (token?.isCancellationRequested) throw new ExportError(file, undefined, 'export cancelled');
 }
 
 export type HfArch = 'llama' | 'mistral' | 'qwen2';

@@ -12,7 +12,8 @@
 // protobuf message cannot exceed 2 GB.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { ExportError, HfModel, openHfModel, scaledInvFreq, transpose2d } from './hfModel';
+import { ExportError, HfModel, openHfModel, scaledInvFreq, throwIfCancelled, transpose2d } from './hfModel';
+import type { CancellationToken } from '../runtime/process';
 import type { ProgressCallback } from './ggufExport';
 import { OnnxAttrType, OnnxDataType, encodeModel } from './onnxProto';
 
@@ -125,6 +126,8 @@ export interface OnnxExportOptions {
   /** 'auto' (default) stores weights externally when they exceed ~1.8 GB. */
   externalData?: 'auto' | 'always' | 'never';
   onProgress?: ProgressCallback;
+  /** Checked before every layer and before the graph is encoded and written; a cancelled export leaves no file. */
+  token?: CancellationToken;
 }
 
 export interface OnnxExportResult {
@@ -164,8 +167,10 @@ export function exportOnnx(opts: OnnxExportOptions): OnnxExportResult {
   const external = mode === 'always' || (mode === 'auto' && weightBytes > INLINE_LIMIT);
   const tmpData = path.join(outDir, `${dataName}.tmp-${process.pid}`);
   const g = new GraphBuilder(external ? { file: tmpData, location: dataName } : null);
+  const checkCancelled = () => throwIfCancelled(opts.token, file);
   try {
-    buildGraph(g, model, opts.onProgress);
+    buildGraph(g, model, opts.onProgress, checkCancelled);
+    checkCancelled();
   } catch (e) {
     g.close();
     fs.rmSync(tmpData, { force: true });
@@ -202,6 +207,9 @@ export function exportOnnx(opts: OnnxExportOptions): OnnxExportResult {
     ],
   });
   const tmp = `${file}.tmp-${process.pid}`;
+  // Encoding is one call; a cancel that came during it still stops the export before anything is written.
+  if (opts.token?.isCancellationRequested) fs.rmSync(tmpData, { force: true });
+  checkCancelled();
   fs.writeFileSync(tmp, bytes);
   if (external) fs.renameSync(tmpData, path.join(outDir, dataName));
   else fs.rmSync(path.join(outDir, dataName), { force: true });
@@ -213,7 +221,7 @@ export function exportOnnx(opts: OnnxExportOptions): OnnxExportResult {
   };
 }
 
-function buildGraph(g: GraphBuilder, model: HfModel, onProgress?: ProgressCallback): void {
+function buildGraph(g: GraphBuilder, model: HfModel, onProgress: ProgressCallback | undefined, checkCancelled: () => void): void {
   const cfg = model.config;
   const { hidden: E, heads: H, kvHeads: KV, headDim: D, intermediate: F, vocab: V } = cfg;
   const half = D / 2;
@@ -288,6 +296,7 @@ function buildGraph(g: GraphBuilder, model: HfModel, onProgress?: ProgressCallba
   const embed = g.floats('embed_tokens', [V, E], model.read('model.embed_tokens.weight', [V, E]));
   let x = g.op('Gather', [embed, 'input_ids'], [attrInt('axis', 0)]);
   for (let i = 0; i < cfg.layers; i++) {
+    checkCancelled();
     onProgress?.({ phase: 'onnx', fraction: (0.9 * i) / cfg.layers, message: `Layer ${i + 1} of ${cfg.layers}` });
     const p = `model.layers.${i}`;
     const l = `layers.${i}`;
