@@ -12,6 +12,10 @@
 //
 // Options: --quick (fewer steps and rows), --skip-data, --skip-train, --threads N.
 // Installs Debian's libopenblas-dev when it is missing and this user can (root or sudo).
+//
+// --gpu: the GPU benchmark instead (scripts/gpu/bench_gpu.py: the CUDA path against PEFT +
+// transformers on Llama-1B/8B shapes; see docs/gpu.md); the other arguments are passed to it.
+// Without a working nvidia-smi it says why and exits 1 without running anything else.
 import { spawnSync, spawn } from 'node:child_process';
 import { createRequire } from 'node:module';
 import fs from 'node:fs';
@@ -150,7 +154,27 @@ async function trainBench(dir, quant, steps) {
   return { quant, tokensPerS: median, steps: stepsSeen.length, peak: stepsSeen.at(-1)?.mem?.peak ?? 0, model };
 }
 
+// --gpu: hands over to the Python benchmark, which needs a GPU, PyTorch, transformers and PEFT.
+function gpuBench() {
+  const smi = spawnSync('nvidia-smi', ['-L'], { encoding: 'utf8' });
+  if (smi.error || smi.status !== 0 || !/GPU \d+:/.test(smi.stdout)) {
+    const why = smi.error ? `nvidia-smi could not be run (${smi.error.code ?? smi.error.message})`
+      : `nvidia-smi failed (exit ${smi.status}): ${(smi.stderr || smi.stdout).trim() || 'no GPU listed'}`;
+    console.log(`bench --gpu: no NVIDIA GPU here: ${why}. The GPU benchmark needs one; see docs/gpu.md.`);
+    process.exit(1);
+  }
+  const python = process.env.PYTHON ?? 'python3';
+  const rest = args.filter((a) => a !== '--gpu');
+  const r = spawnSync(python, [path.join(root, 'scripts', 'gpu', 'bench_gpu.py'), ...rest], { cwd: root, stdio: 'inherit' });
+  if (r.error) {
+    console.log(`bench --gpu: could not run ${python}: ${r.error.message}`);
+    process.exit(1);
+  }
+  process.exit(r.status ?? 1);
+}
+
 async function main() {
+  if (args.includes('--gpu')) gpuBench();
   console.log(`LoRA Studio benchmarks (${new Date().toISOString()})`);
   console.log(`machine: ${machine()}`);
   ensureBuilt();

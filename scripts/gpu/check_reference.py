@@ -277,9 +277,10 @@ def double_quant_reference(absmax, group=256):
     """QLoRA-style double quantization of the absmax values as quant.hpp specifies it:
     mean over all blocks (summed in fp64, in order, then rounded to fp32); per group of 256,
     step = max |absmax - mean| / 127 (fp32); q = round-half-away((absmax - mean) / step) clamped
-    to [-127, 127]; absmax' = mean + q * step. That last expression is a multiply-add, which
-    a compiler may contract into one fused operation (GCC does in C++ when FMA instructions are
-    enabled, e.g. with -march=native) or round twice (plain x86-64): both results are returned.
+    to [-127, 127]; absmax' = mean + q * step. That last expression is a multiply-add: the
+    runtime computes it as one fused operation (std::fma in quant.cpp's block_absmax, fmaf in
+    the CUDA twin); left to the compiler it is fused or rounded twice depending on -march.
+    Both results are returned, and the check says which one the runtime's weights match.
     Returns (absmax' rounded twice, absmax' fused, step per block), each [blocks] fp32."""
     import torch
 
