@@ -50,7 +50,10 @@ export interface TrainConfig {
     saveEvery: number;
     earlyStoppingPatience: number;
   };
-  compute: { device: string; dtype: ComputeDtype; threads: number };
+  /** offloadActivations (CUDA only): checkpointed layer inputs wait in pinned host memory
+   *  between forward and backward, for less GPU memory at the same results. Optional so that
+   *  configs written before it existed stay valid; absent means false. */
+  compute: { device: string; dtype: ComputeDtype; threads: number; offloadActivations?: boolean };
 }
 
 export type DeepPartial<T> = { [K in keyof T]?: T[K] extends (infer U)[] ? U[] : T[K] extends object | null ? DeepPartial<T[K]> | T[K] : T[K] };
@@ -70,7 +73,7 @@ export function defaultConfig(): TrainConfig {
       schedule: 'cosine', warmupSteps: 10, weightDecay: 0, maxGradNorm: 1, gradCheckpointing: true, seed: 42,
       evalEvery: 50, saveEvery: 100, earlyStoppingPatience: 0,
     },
-    compute: { device: 'auto', dtype: 'bf16', threads: 0 },
+    compute: { device: 'auto', dtype: 'bf16', threads: 0, offloadActivations: false },
   };
 }
 
@@ -273,6 +276,7 @@ export function validateConfig(c: TrainConfig, ctx: ValidateContext = {}): Confi
   }
   oneOf('compute.dtype', k.dtype, ['fp32', 'bf16', 'fp16'] as const);
   int('compute.threads', k.threads, 0, 1024, 'use 0 for all cores, or a thread count');
+  if (k.offloadActivations !== undefined) bool('compute.offloadActivations', k.offloadActivations);
   return issues;
 }
 
@@ -341,7 +345,11 @@ export function toRunJson(c: TrainConfig, paths: RunJsonPaths): Record<string, u
       grad_checkpointing: c.train.gradCheckpointing, seed: c.train.seed, eval_every: paths.eval ? c.train.evalEvery : 0,
       save_every: c.train.saveEvery, early_stopping_patience: paths.eval ? c.train.earlyStoppingPatience : 0,
     },
-    compute: { device: c.compute.device, dtype: c.compute.dtype, threads: c.compute.threads },
+    // offload_activations only when on: run.json stays as before for everyone else.
+    compute: {
+      device: c.compute.device, dtype: c.compute.dtype, threads: c.compute.threads,
+      ...(c.compute.offloadActivations ? { offload_activations: true } : {}),
+    },
   };
   if (paths.meta) run.meta = paths.meta;
   return run;
@@ -376,6 +384,7 @@ export function fromRunJson(run: Record<string, unknown>): TrainConfig {
   set<string>(get(compute, 'device'), (v) => (c.compute.device = v));
   set<ComputeDtype>(get(compute, 'dtype'), (v) => (c.compute.dtype = v));
   set<number>(get(compute, 'threads'), (v) => (c.compute.threads = v));
+  set<boolean>(get(compute, 'offload_activations'), (v) => (c.compute.offloadActivations = v));
   return c;
 }
 

@@ -125,7 +125,9 @@ export class TrainingController implements TrainingHost, vscode.Disposable {
       if (r.code !== 0) return null;
       const v = JSON.parse(r.stdout.split('\n').find((l) => l.trim().startsWith('{')) ?? 'null') as { devices?: unknown } | null;
       const list = Array.isArray(v?.devices) ? (v!.devices as Record<string, unknown>[]) : [];
-      const gpu = list.find((d) => d.kind === 'cuda') ?? list[0];
+      // `devices` lists unsupported GPUs too (supported: false, with a note): the run would
+      // not use them, so neither does the estimate.
+      const gpu = list.find((d) => d.kind === 'cuda' && d.supported !== false) ?? list.find((d) => d.kind !== 'cuda') ?? list[0];
       if (!gpu) return null;
       const num = (x: unknown) => (typeof x === 'number' && Number.isFinite(x) ? x : 0);
       return { name: String(gpu.name ?? 'device'), kind: gpu.kind === 'cuda' ? 'cuda' : 'cpu',

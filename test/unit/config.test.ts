@@ -106,3 +106,20 @@ test('config: fromRunJson inverts toRunJson; diffConfigs lists changes', () => {
   e.train.lr = 1e-4;
   assert.deepEqual(diffConfigs(d, e).map((x) => x.field), ['lora.r', 'train.lr']);
 });
+
+test('config: compute.offloadActivations is optional, validated, and in run.json only when on', () => {
+  const c = valid();
+  assert.equal(c.compute.offloadActivations, false);
+  assert.equal('offload_activations' in (toRunJson(c, { model: '/m', train: 't.bin', eval: null }).compute as object), false);
+  c.compute.offloadActivations = true;
+  const run = toRunJson(c, { model: '/m', train: 't.bin', eval: null });
+  assert.equal((run.compute as Record<string, unknown>).offload_activations, true);
+  assert.equal(fromRunJson(run).compute.offloadActivations, true);
+  assert.deepEqual(parseConfig({ compute: { offloadActivations: true } }).compute.offloadActivations, true);
+  // A config without the key (written before it existed) is still valid.
+  const old = valid();
+  delete old.compute.offloadActivations;
+  assert.deepEqual(validateConfig(old), []);
+  (c.compute as Record<string, unknown>).offloadActivations = 'yes';
+  assert.deepEqual(validateConfig(c).map((i) => i.field), ['compute.offloadActivations']);
+});
