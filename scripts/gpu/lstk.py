@@ -189,19 +189,14 @@ def read_events(run_dir):
 
 def train(runtime, run_dir, timeout=None, log=None):
     """Runs `lora-runtime train --run RUN_DIR`; returns (exit code, events). Events are read
-    from events.jsonl (stdout is the same stream and is discarded). `log`, when given, is
-    called with every step event as it arrives."""
+    from events.jsonl (stdout is the same stream). `log`, when given, is called with every
+    step, log and error event as it arrives. A run still going after `timeout` seconds is
+    killed (exit code -9)."""
     proc = subprocess.Popen([runtime, "train", "--run", run_dir], stdin=subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     stderr = []
 
-    def drain():
-        for line in proc.stderr:
-            stderr.append(line)
-
-    t = threading.Thread(target=drain, daemon=True)
-    t.start()
-    try:
+    def read_stdout():
         for line in proc.stdout:
             if log is None:
                 continue
@@ -211,15 +206,28 @@ def train(runtime, run_dir, timeout=None, log=None):
                 continue
             if ev.get("type") in ("step", "error", "log"):
                 log(ev)
+
+    def read_stderr():
+        for line in proc.stderr:
+            stderr.append(line)
+
+    # Both pipes are drained on threads, so a full pipe never blocks the runtime and the
+    # timeout below holds even while it keeps its stdout open.
+    readers = [threading.Thread(target=read_stdout, daemon=True), threading.Thread(target=read_stderr, daemon=True)]
+    for t in readers:
+        t.start()
+    try:
         code = proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
         code = -9
-    t.join(timeout=5)
+    for t in readers:
+        t.join(timeout=5)
     events = read_events(run_dir)
     if code != 0 and not any(e.get("type") == "error" for e in events):
-        events.append({"type": "error", "code": "exit", "message": "exit %s: %s" % (code, "".join(stderr)[-2000:])})
+        why = "timed out after %s s" % timeout if code == -9 else "exit %s" % code
+        events.append({"type": "error", "code": "exit", "message": "%s: %s" % (why, "".join(stderr)[-2000:])})
     return code, events
 
 
