@@ -21,6 +21,7 @@ with transformers and its rope settings are compared with the preset's, so a dis
 between the two readers is an error here rather than a silent difference later.
 """
 import argparse
+import gc
 import json
 import os
 import shutil
@@ -183,6 +184,7 @@ def make_model(preset, out, dtype="float32", seed=0, device=None, force=False, l
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, max_shard_size="5GB")
     del model
+    gc.collect()  # the module tree has reference cycles; free its GPU memory before the caller's runs
     if device.startswith("cuda"):
         torch.cuda.empty_cache()
     patch_config(tmp, preset, dtype)
