@@ -1,0 +1,480 @@
+// The device GEMM (cuda/gemm.hpp) against a double-precision product of the same
+// bf16-rounded inputs: every transpose combination, sizes that are not multiples of the
+// tiles (1, 7, 33, 129, 1000), bf16 and fp32 C, alpha/beta, strides wider than the rows,
+// base pointers that defeat the 16-byte copies, and both backends (the built-in WMMA kernel
+// always, cuBLASLt when it loads). The stride padding of A and B holds NaN and that of C a
+// sentinel, so a kernel that reads or writes outside the matrices fails. The argument
+// checks and the cuBLASLt search list are host logic and run on every machine.
+#include <sys/stat.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <limits>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "cuda/cublaslt_loader.hpp"
+#include "cuda/gemm.hpp"
+#include "cuda_test_util.hpp"
+#include "gradcheck.hpp"
+#include "temp_dir.hpp"
+#include "test.hpp"
+
+using lora::cuda::GemmArgs;
+using lora::cuda::GemmType;
+using lora::cuda::bf16;
+using lora_test::bf16_bits_to_f32;
+using lora_test::f32_to_bf16_bits;
+
+namespace {
+
+constexpr uint16_t kBf16NaN = 0x7fc0;
+constexpr float kSentinel = 768.0f;  // exact in bf16
+
+struct GemmCase {
+  bool ta = false, tb = false;
+  int64_t M = 0, N = 0, K = 0;
+  int64_t pad_a = 0, pad_b = 0, pad_c = 0;  // extra elements per stored row
+  int64_t offset = 0;                      // elements before each matrix's first element
+  float alpha = 1.f, beta = 0.f;
+  GemmType c_type = GemmType::BF16;
+};
+
+std::string describe(const GemmCase& c) {
+  char buf[256];
+  std::snprintf(buf, sizeof buf, "M=%lld N=%lld K=%lld%s%s pads=%lld/%lld/%lld offset=%lld alpha=%g beta=%g C=%s",
+                static_cast<long long>(c.M), static_cast<long long>(c.N), static_cast<long long>(c.K),
+                c.ta ? " A^T" : "", c.tb ? " B^T" : "", static_cast<long long>(c.pad_a),
+                static_cast<long long>(c.pad_b), static_cast<long long>(c.pad_c), static_cast<long long>(c.offset),
+                c.alpha, c.beta, c.c_type == GemmType::F32 ? "f32" : "bf16");
+  return buf;
+}
+
+lora::cuda::DeviceArray<bf16> upload_bits(const std::vector<uint16_t>& bits) {
+  lora::cuda::DeviceArray<bf16> d(bits.size());
+  if (!bits.empty()) lora::cuda::copy_to_device(d.data(), bits.data(), bits.size() * 2);
+  return d;
+}
+
+// A stored matrix of rows x cols (row stride cols + pad, `offset` elements in front), values
+// uniform in [-1, 1] rounded to bf16; `logical` gets the values, padding is NaN.
+std::vector<uint16_t> make_operand(int64_t rows, int64_t cols, int64_t pad, int64_t offset, uint32_t seed,
+                                   std::vector<float>* logical) {
+  const int64_t ld = cols + pad;
+  std::vector<uint16_t> bits(static_cast<size_t>(offset + rows * ld), kBf16NaN);
+  *logical = lora_test::random_vec(rows * cols, seed);
+  lora_test::round_to_bf16(*logical);
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c) bits[offset + r * ld + c] = f32_to_bf16_bits((*logical)[r * cols + c]);
+  return bits;
+}
+
+// Runs one case through `run` and compares with the double-precision product.
+//
+// Tolerance, per element: the inputs are exact bf16 values, so every product a*b is exact
+// in fp32 and the only error before the output is the fp32 accumulation. K additions (plus
+// the alpha and beta terms) each add at most one rounding of the running sum, bounded by
+// (K + 2) u sum_k |a_k b_k| with u = 2^-24 for round-to-nearest; tensor cores may truncate
+// rather than round inside the accumulation, and cuBLASLt may split K, so u is taken as
+// 2^-22 (4x). A bf16 C adds one final rounding, at most 2^-9 of the value (taken as 2^-8).
+// A wrong index, a lost or doubled K slice, or a stale shared tile moves an element by
+// about one product |a_k b_k|, which is ~sum/K: well above the 2^-22 K term for any K here.
+void check_case(const GemmCase& c, const std::function<void(const GemmArgs&)>& run, const char* backend) {
+  const int64_t a_rows = c.ta ? c.K : c.M, a_cols = c.ta ? c.M : c.K;
+  const int64_t b_rows = c.tb ? c.N : c.K, b_cols = c.tb ? c.K : c.N;
+  const int64_t lda = a_cols + c.pad_a, ldb = b_cols + c.pad_b, ldc = c.N + c.pad_c;
+  const uint32_t seed = static_cast<uint32_t>(c.M * 7919 + c.N * 104729 + c.K * 31 + c.ta * 2 + c.tb);
+  std::vector<float> a, b;
+  const auto a_bits = make_operand(a_rows, a_cols, c.pad_a, c.offset, seed, &a);
+  const auto b_bits = make_operand(b_rows, b_cols, c.pad_b, c.offset, seed + 1, &b);
+
+  // C: the interior holds random values when beta != 0 and NaN when beta == 0 (which must
+  // not be read); padding and the elements in front hold the sentinel.
+  std::vector<float> c0 = lora_test::random_vec(c.M * c.N, seed + 2);
+  lora_test::round_to_bf16(c0);
+  const size_t c_elems = static_cast<size_t>(c.offset + c.M * ldc);
+  auto c_value = [&](int64_t m, int64_t n) {
+    return c.beta != 0.f ? c0[m * c.N + n] : std::numeric_limits<float>::quiet_NaN();
+  };
+  auto is_inside = [&](size_t i, int64_t* m, int64_t* n) {
+    if (i < static_cast<size_t>(c.offset)) return false;
+    const int64_t j = static_cast<int64_t>(i) - c.offset;
+    *m = j / ldc;
+    *n = j % ldc;
+    return *n < c.N;
+  };
+
+  const bool f32 = c.c_type == GemmType::F32;
+  lora::cuda::DeviceArray<float> c_f32;
+  lora::cuda::DeviceArray<bf16> c_bf16;
+  if (f32) {
+    std::vector<float> host(c_elems, kSentinel);
+    for (size_t i = 0; i < c_elems; ++i) {
+      int64_t m, n;
+      if (is_inside(i, &m, &n)) host[i] = c_value(m, n);
+    }
+    c_f32 = lora_test::to_device(host);
+  } else {
+    std::vector<uint16_t> host(c_elems, f32_to_bf16_bits(kSentinel));
+    for (size_t i = 0; i < c_elems; ++i) {
+      int64_t m, n;
+      if (is_inside(i, &m, &n)) host[i] = f32_to_bf16_bits(c_value(m, n));
+    }
+    c_bf16 = upload_bits(host);
+  }
+  const auto dA = upload_bits(a_bits);
+  const auto dB = upload_bits(b_bits);
+
+  GemmArgs args;
+  args.trans_a = c.ta;
+  args.trans_b = c.tb;
+  args.M = c.M;
+  args.N = c.N;
+  args.K = c.K;
+  args.alpha = c.alpha;
+  args.beta = c.beta;
+  args.A = dA.data() + c.offset;
+  args.lda = lda;
+  args.B = dB.data() + c.offset;
+  args.ldb = ldb;
+  args.C = f32 ? static_cast<void*>(c_f32.data() + c.offset) : static_cast<void*>(c_bf16.data() + c.offset);
+  args.ldc = ldc;
+  args.c_type = c.c_type;
+  run(args);
+  LORA_CUDA_CHECK(cudaDeviceSynchronize());
+
+  std::vector<float> out(c_elems);
+  if (f32) {
+    out = lora_test::to_host(c_f32);
+  } else {
+    out = lora_test::to_host_f32(c_bf16);
+  }
+
+  const double u = std::ldexp(1.0, -22);
+  const double out_round = f32 ? 0.0 : std::ldexp(1.0, -8);
+  double worst = 0;
+  std::string worst_at;
+  int64_t outside_changed = 0;
+  for (size_t i = 0; i < c_elems; ++i) {
+    int64_t m, n;
+    if (!is_inside(i, &m, &n)) {
+      if (out[i] != kSentinel) ++outside_changed;
+      continue;
+    }
+    double sum = 0, abs_sum = 0;
+    for (int64_t k = 0; k < c.K; ++k) {
+      const double av = c.ta ? a[k * c.M + m] : a[m * c.K + k];
+      const double bv = c.tb ? b[n * c.K + k] : b[k * c.N + n];
+      sum += av * bv;
+      abs_sum += std::fabs(av * bv);
+    }
+    const double cterm = c.beta != 0.f ? double(c.beta) * c0[m * c.N + n] : 0.0;
+    const double ref = double(c.alpha) * sum + cterm;
+    const double tol =
+        u * double(c.K + 2) * (std::fabs(double(c.alpha)) * abs_sum + std::fabs(cterm)) + out_round * std::fabs(ref) +
+        1e-30;
+    const double ratio = std::fabs(out[i] - ref) / tol;
+    if (!(ratio <= worst)) {
+      worst = std::isnan(ratio) ? 1e30 : ratio;
+      worst_at = "C[" + std::to_string(m) + "][" + std::to_string(n) + "] = " + std::to_string(out[i]) +
+                 ", reference " + std::to_string(ref);
+      if (std::isnan(ratio)) break;
+    }
+  }
+  if (worst > 1.0)
+    lora_test::record_failure(__FILE__, __LINE__,
+                              std::string(backend) + " " + describe(c) + ": worst error " + std::to_string(worst) +
+                                  "x the tolerance at " + worst_at);
+  if (outside_changed)
+    lora_test::record_failure(__FILE__, __LINE__,
+                              std::string(backend) + " " + describe(c) + ": " + std::to_string(outside_changed) +
+                                  " element(s) outside C were written");
+}
+
+// Sizes from the brief: 1, 7, 33, 129 and 1000 in every position, with exact tile multiples
+// (the 16-byte copy path throughout) and an M past 128 * 65535 elsewhere.
+std::vector<GemmCase> standard_cases() {
+  const int64_t shapes[][3] = {
+      {1, 1, 1},     {1, 7, 33},      {7, 1, 129},     {33, 33, 7},    {129, 7, 1000},  {7, 129, 33},
+      {1000, 33, 129}, {33, 1000, 7}, {129, 129, 129}, {1, 1000, 1000}, {1000, 1, 1000}, {1000, 1000, 33},
+      {129, 1000, 1000}, {128, 128, 32}, {256, 256, 256}, {130, 200, 70}, {64, 64, 64},  {16, 4096, 16},
+  };
+  std::vector<GemmCase> cases;
+  int index = 0;
+  for (const auto& s : shapes) {
+    for (int t = 0; t < 4; ++t) {
+      for (int ct = 0; ct < 2; ++ct, ++index) {
+        GemmCase c;
+        c.M = s[0];
+        c.N = s[1];
+        c.K = s[2];
+        c.ta = t & 1;
+        c.tb = (t >> 1) & 1;
+        c.c_type = ct ? GemmType::F32 : GemmType::BF16;
+        c.alpha = index % 3 == 0 ? 1.f : index % 3 == 1 ? 0.5f : -2.f;
+        c.beta = index % 2 ? 1.f : 0.f;
+        // Strides: dense, wider by 3 (odd: no 16-byte copies), or wider by 8 (16-byte copies
+        // still allowed when the row is a multiple of 8).
+        const int64_t pads[] = {0, 3, 8};
+        c.pad_a = pads[index % 3];
+        c.pad_b = pads[(index / 3) % 3];
+        c.pad_c = pads[(index + 1) % 3];
+        c.offset = index % 5 == 4 ? 1 : 0;
+        cases.push_back(c);
+      }
+    }
+  }
+  return cases;
+}
+
+bool cublaslt_loaded() { return lora::cuda::gemm_backend().rfind("cublasLt", 0) == 0; }
+
+}  // namespace
+
+TEST(cuda_gemm_builtin_matches_cpu) {
+  LORA_REQUIRE_GPU();
+  for (const auto& c : standard_cases())
+    check_case(c, [](const GemmArgs& a) { lora::cuda::gemm_builtin(a); }, "builtin");
+}
+
+TEST(cuda_gemm_cublaslt_matches_cpu) {
+  LORA_REQUIRE_GPU();
+  if (!cublaslt_loaded()) {
+    lora_test::skip("cuBLASLt is not in use: " + lora::cuda::gemm_backend());
+    return;
+  }
+  for (const auto& c : standard_cases())
+    check_case(c, [](const GemmArgs& a) { lora::cuda::gemm(a); }, "gemm (cuBLASLt)");
+}
+
+// gemm() itself, whichever backend it chose, on the shapes the trainer uses most.
+TEST(cuda_gemm_dispatch_matches_cpu) {
+  LORA_REQUIRE_GPU();
+  const int64_t shapes[][3] = {{512, 576, 576}, {512, 1536, 576}, {7, 16, 576}, {576, 16, 512}, {1, 49152, 64}};
+  for (const auto& s : shapes) {
+    for (int t = 0; t < 4; ++t) {
+      GemmCase c;
+      c.M = s[0];
+      c.N = s[1];
+      c.K = s[2];
+      c.ta = t & 1;
+      c.tb = (t >> 1) & 1;
+      c.c_type = t % 2 ? GemmType::F32 : GemmType::BF16;
+      c.beta = t == 3 ? 1.f : 0.f;
+      check_case(c, [](const GemmArgs& a) { lora::cuda::gemm(a); }, "gemm");
+    }
+  }
+}
+
+// K == 0: C = beta * C (beta == 0 clears C, even where it held NaN).
+TEST(cuda_gemm_k_zero_scales_c) {
+  LORA_REQUIRE_GPU();
+  for (float beta : {0.f, 0.5f}) {
+    for (int ct = 0; ct < 2; ++ct) {
+      GemmCase c;
+      c.M = 33;
+      c.N = 7;
+      c.K = 0;
+      c.pad_c = 3;
+      c.beta = beta;
+      c.c_type = ct ? GemmType::F32 : GemmType::BF16;
+      check_case(c, [](const GemmArgs& a) { lora::cuda::gemm(a); }, "gemm");
+      check_case(c, [](const GemmArgs& a) { lora::cuda::gemm_builtin(a); }, "builtin");
+    }
+  }
+}
+
+// More than 65535 row tiles: the built-in kernel launches in bands of rows.
+TEST(cuda_gemm_builtin_tall_matrix_spans_grid_bands) {
+  LORA_REQUIRE_GPU();
+  GemmCase c;
+  c.M = 128LL * 65535 + 200;
+  c.N = 8;
+  c.K = 8;
+  c.c_type = GemmType::F32;
+  check_case(c, [](const GemmArgs& a) { lora::cuda::gemm_builtin(a); }, "builtin");
+}
+
+// Argument errors are found before any CUDA call, so this runs without a GPU too.
+TEST(cuda_gemm_rejects_bad_arguments) {
+  const auto* fake = reinterpret_cast<const bf16*>(uintptr_t(4096));
+  auto* fake_c = reinterpret_cast<void*>(uintptr_t(8192));
+  auto base = [&] {
+    GemmArgs a;
+    a.M = 4;
+    a.N = 5;
+    a.K = 6;
+    a.A = fake;
+    a.lda = 6;
+    a.B = fake;
+    a.ldb = 5;
+    a.C = fake_c;
+    a.ldc = 5;
+    return a;
+  };
+  auto expect = [](const GemmArgs& a, const std::string& word) {
+    for (int which = 0; which < 2; ++which) {
+      bool thrown = false;
+      try {
+        if (which == 0)
+          lora::cuda::gemm(a);
+        else
+          lora::cuda::gemm_builtin(a);
+      } catch (const std::invalid_argument& e) {
+        thrown = true;
+        if (std::string(e.what()).find(word) == std::string::npos)
+          lora_test::record_failure(__FILE__, __LINE__, "message does not name " + word + ": " + e.what());
+      } catch (const std::exception& e) {
+        thrown = true;
+        lora_test::record_failure(__FILE__, __LINE__, std::string("not invalid_argument: ") + e.what());
+      }
+      if (!thrown) lora_test::record_failure(__FILE__, __LINE__, "no error for a bad " + word);
+    }
+  };
+  GemmArgs a = base();
+  a.M = -1;
+  expect(a, "M");
+  a = base();
+  a.lda = 5;  // A is [4, 6]
+  expect(a, "lda");
+  a = base();
+  a.trans_a = true;
+  a.lda = 3;  // A^T stored [6, 4]
+  expect(a, "lda");
+  a = base();
+  a.ldb = 4;  // B is [6, 5]
+  expect(a, "ldb");
+  a = base();
+  a.trans_b = true;
+  a.ldb = 5;  // B^T stored [5, 6]
+  expect(a, "ldb");
+  a = base();
+  a.ldc = 4;
+  expect(a, "ldc");
+  a = base();
+  a.C = nullptr;
+  expect(a, "C");
+  a = base();
+  a.B = nullptr;
+  expect(a, "B");
+  a = base();
+  a.A = reinterpret_cast<const bf16*>(uintptr_t(4097));
+  expect(a, "A");
+  a = base();
+  a.c_type = GemmType::F32;
+  a.C = reinterpret_cast<void*>(uintptr_t(8194));
+  expect(a, "C");
+
+  // An empty product is a no-op that touches nothing (not even the device).
+  a = base();
+  a.M = 0;
+  a.A = nullptr;
+  a.C = nullptr;
+  lora::cuda::gemm(a);
+  lora::cuda::gemm_builtin(a);
+}
+
+// The cuBLASLt search list, in the order gemm.hpp documents.
+TEST(cuda_cublaslt_search_order) {
+  using lora::cuda::CublasLtSearchEnv;
+  using lora::cuda::cublaslt_candidates;
+  {
+    CublasLtSearchEnv env;
+    env.lora_cublaslt = "/somewhere/libcublasLt.so.13";
+    env.cuda_home = "/cuda";
+    const auto list = cublaslt_candidates(env);
+    CHECK_EQ(list.size(), size_t(1));
+    if (!list.empty()) CHECK_EQ(list[0], std::string("/somewhere/libcublasLt.so.13"));
+  }
+  lora_test::TempDir opt("cublaslt_opt");
+  const std::string venv_site = opt.path() + "/torch/.venv/lib/python3.12/site-packages";
+  std::filesystem::create_directories(venv_site);
+  CublasLtSearchEnv env;
+  env.cuda_home = "/cuda";
+  env.home = "/home/someone";
+  env.opt_root = opt.path();
+  const auto list = cublaslt_candidates(env);
+  auto pos = [&](const std::string& s) -> int64_t {
+    for (size_t i = 0; i < list.size(); ++i)
+      if (list[i] == s) return static_cast<int64_t>(i);
+    lora_test::record_failure(__FILE__, __LINE__, "not in the search list: " + s);
+    return -1;
+  };
+  CHECK(list.size() >= 3);
+  if (list.size() >= 3) {
+    CHECK_EQ(list[0], std::string("libcublasLt.so.13"));
+    CHECK_EQ(list[1], std::string("libcublasLt.so.12"));
+    CHECK_EQ(list[2], std::string("libcublasLt.so"));
+  }
+  const int64_t cuda_home = pos("/cuda/lib64/libcublasLt.so.13");
+  const int64_t usr_local = pos("/usr/local/cuda/lib64/libcublasLt.so.13");
+  const int64_t targets = pos("/usr/local/cuda/targets/x86_64-linux/lib/libcublasLt.so.12");
+  const int64_t usr_lib = pos("/usr/lib/python3.8/site-packages/nvidia/cublas/lib/libcublasLt.so.12");
+  const int64_t local_lib = pos("/usr/local/lib/python3.14/site-packages/nvidia/cu13/lib/libcublasLt.so.13");
+  const int64_t user = pos("/home/someone/.local/lib/python3.11/site-packages/nvidia/cublas/lib/libcublasLt.so.12");
+  const int64_t venv = pos(venv_site + "/nvidia/cublas/lib/libcublasLt.so.13");
+  pos(venv_site + "/nvidia/cu13/lib/libcublasLt.so.13");
+  CHECK(2 < cuda_home && cuda_home < usr_local && usr_local < targets && targets < usr_lib && usr_lib < local_lib &&
+        local_lib < user && user < venv);
+  for (size_t i = 0; i < list.size(); ++i)
+    for (size_t j = i + 1; j < list.size(); ++j)
+      if (list[i] == list[j]) lora_test::record_failure(__FILE__, __LINE__, "listed twice: " + list[i]);
+
+  // CUDA_HOME pointing at /usr/local/cuda adds no duplicates; without HOME, no ~/.local.
+  env.cuda_home = "/usr/local/cuda";
+  env.home.clear();
+  const auto list2 = cublaslt_candidates(env);
+  for (size_t i = 0; i < list2.size(); ++i) {
+    CHECK(list2[i].find("/.local/") == std::string::npos);
+    for (size_t j = i + 1; j < list2.size(); ++j)
+      if (list2[i] == list2[j]) lora_test::record_failure(__FILE__, __LINE__, "listed twice: " + list2[i]);
+  }
+
+  // The GPU machines' torch environment is found where it is.
+  const std::string torch_site = "/opt/torch/.venv/lib/python3.12/site-packages";
+  struct stat st {};
+  if (stat(torch_site.c_str(), &st) == 0) {
+    const auto real = cublaslt_candidates(CublasLtSearchEnv{});
+    bool found = false;
+    for (const auto& s : real) found = found || s == torch_site + "/nvidia/cublas/lib/libcublasLt.so.13";
+    CHECK(found);
+  }
+}
+
+// A library that is missing, not a library, or not cuBLASLt is refused with the reason.
+TEST(cuda_cublaslt_load_failures_are_explained) {
+  using lora::cuda::load_cublaslt;
+  {
+    const auto lib = load_cublaslt({"/nonexistent/dir/libcublasLt.so.13"});
+    CHECK(lib.handle == nullptr);
+    CHECK(lib.path.empty());
+    CHECK(lib.reason.find("/nonexistent/dir/libcublasLt.so.13") != std::string::npos);
+    CHECK(lib.reason.find("not found") != std::string::npos);
+  }
+  {
+    const auto lib = load_cublaslt({"libc.so.6"});
+    CHECK(lib.handle == nullptr);
+    CHECK(lib.reason.find("libc.so.6") != std::string::npos);
+    CHECK(lib.reason.find("cublasLtCreate") != std::string::npos);
+  }
+  {
+    lora_test::TempDir dir("cublaslt_fake");
+    const std::string fake = dir / "libcublasLt.so.13";
+    std::ofstream(fake) << "not an ELF file\n";
+    const auto lib = load_cublaslt({"libno_such_cublaslt_for_lora.so.1", fake});
+    CHECK(lib.handle == nullptr);
+    CHECK(lib.reason.find(fake) != std::string::npos);
+    CHECK(lib.reason.find("libno_such_cublaslt_for_lora") == std::string::npos);  // merely absent
+  }
+  {
+    const auto lib = load_cublaslt({"libno_such_cublaslt_for_lora.so.1", "/nonexistent/libcublasLt.so"});
+    CHECK(lib.handle == nullptr);
+    CHECK(lib.reason.find("no libcublasLt found") != std::string::npos);
+    CHECK(lib.reason.find("LORA_CUBLASLT") != std::string::npos);
+  }
+}
