@@ -497,3 +497,107 @@ TEST(cuda_engine_rejects_bad_options_and_missing_devices) {
   far.device = 97;
   CHECK_INPUT_ERROR(cuda::make_cuda_engine(model, lora, far), "device");
 }
+
+// Offload keeps two layer inputs on the device instead of L + 1; checkpointing keeps one
+// layer's activations instead of L. The allocator's high-water mark shows both.
+TEST(cuda_model_checkpointing_and_offload_lower_the_peak) {
+  LORA_REQUIRE_GPU();
+  lora_test::TinyModelSpec spec;
+  spec.layers = 6;
+  const Model model = llama_model(spec);
+  LoraState lora = lora_create(model, all_targets(model, 4, 0.1), 2);
+  const Batch batch = doc_batch(spec.vocab, 128, {100, 90, 120, 60, 128, 40}, 3);
+  cuda::DeviceModel dm = cuda::upload_model(model);
+  cuda::DeviceLoraState dl = cuda::upload_lora(lora, cuda::current().stream);
+  auto peak_of = [&](bool checkpointing, bool offload) {
+    cuda::ForwardOptions opt;
+    opt.offload_activations = offload;
+    const uint64_t before = cuda::allocator_stats().used;
+    cuda::reset_peak();
+    {
+      cuda::DeviceWorkspace ws;
+      cuda::forward_backward(dm, dl, batch, {5, 1, 0}, checkpointing, opt, ws);
+      cuda::synchronize();
+    }
+    return cuda::allocator_stats().peak - before;
+  };
+  const uint64_t full = peak_of(false, false), ckpt = peak_of(true, false), offl = peak_of(true, true);
+  CHECK(full > ckpt);
+  CHECK(ckpt > offl);
+  // Offload's saving is at least the L - 1 layer inputs it keeps off the device.
+  const uint64_t inputs = static_cast<uint64_t>(batch.tokens_count()) * spec.hidden * 4;
+  CHECK(ckpt - offl >= (spec.layers - 1) * inputs);
+}
+
+// A micro-batch without targets has loss 0 and adds nothing to the gradients.
+TEST(cuda_model_batch_without_targets_adds_nothing) {
+  LORA_REQUIRE_GPU();
+  lora_test::TinyModelSpec spec;
+  const Model model = llama_model(spec);
+  LoraState lora = lora_create(model, all_targets(model, 4, 0.0), 2);
+  randomise_b(lora, 1);
+  Batch batch = packed_batch(spec.vocab);
+  std::fill(batch.targets.begin(), batch.targets.end(), -1);
+  auto engine = cuda::make_cuda_engine(model, lora, cuda::CudaTrainOptions{});
+  engine->zero_grads();
+  CHECK_EQ(engine->forward_backward(batch, {1, 1, 0}, true), 0.0);
+  CHECK_EQ(engine->grad_sum_squares(), 0.0);
+  CHECK_EQ(engine->forward_loss(batch, true), 0.0);
+}
+
+// Ids outside the tables would be out-of-bounds reads on the device, which end the CUDA
+// context; the host refuses them first, before any CUDA call, so this runs without a GPU.
+TEST(cuda_model_refuses_out_of_range_ids_before_the_device) {
+  if (!cuda::compiled()) return;
+  lora_test::TinyModelSpec spec;
+  const Model model = llama_model(spec);
+  LoraState lora = lora_create(model, all_targets(model, 4, 0.0), 2);
+  cuda::DeviceModel dm;  // not uploaded: the checks must not need it
+  dm.host = &model;
+  cuda::DeviceLoraState dl;
+  dl.host = &lora;
+  cuda::DeviceWorkspace ws;
+  const cuda::ForwardOptions opt;
+  auto expect = [&](const char* what, const Batch& b, const std::string& needle) {
+    bool ok = false;
+    std::string got = "no exception";
+    try {
+      cuda::forward_backward(dm, dl, b, {1, 1, 0}, false, opt, ws);
+    } catch (const std::logic_error& e) {  // out_of_range and invalid_argument
+      got = e.what();
+      ok = got.find(needle) != std::string::npos;
+    }
+    if (!ok) lora_test::record_failure(__FILE__, __LINE__, std::string(what) + ": " + got);
+  };
+  const Batch good = packed_batch(spec.vocab);
+  Batch b = good;
+  b.tokens[5] = static_cast<int32_t>(spec.vocab);
+  expect("token id = vocab", b, "token id 64");
+  b = good;
+  b.tokens[0] = -2;
+  expect("negative token id", b, "token id -2");
+  b = good;
+  b.targets[3] = static_cast<int32_t>(spec.vocab + 5);
+  expect("target beyond the vocabulary", b, "target 69");
+  b = good;
+  b.doc_start[14] = 5;  // row 1, index 2: a document cannot start after the token
+  expect("doc_start after the token", b, "doc_start 5");
+  // A malformed batch (sizes that disagree) is skipped as the CPU skips it.
+  b = good;
+  b.pos.pop_back();
+  CHECK_EQ(cuda::forward_backward(dm, dl, b, {1, 1, 0}, false, opt, ws), 0.0);
+
+  lora_test::TinyGpt2Spec gspec;
+  const Model gpt2 = gpt2_model(gspec);
+  cuda::DeviceModel gdm;
+  gdm.host = &gpt2;
+  Batch g = packed_batch(gspec.vocab);
+  g.pos[2] = static_cast<int32_t>(gspec.positions);
+  bool threw = false;
+  try {
+    cuda::forward_loss(gdm, nullptr, g, opt, ws);
+  } catch (const std::invalid_argument& e) {
+    threw = std::string(e.what()).find("learned positions") != std::string::npos;
+  }
+  CHECK(threw);
+}
