@@ -142,8 +142,11 @@ Context& open_device(int device) {
   }
   const DeviceInfo& info = devices[device];
   if (!info.supported) {
-    throw InputError("device", "compute.device " + name + " (" + info.name + ") cannot be used: " + info.note, "",
-                     "compute.device", 0, kDeviceHint);
+    throw InputError("device",
+                     "compute.device " + name + " (" + info.name + ") cannot be used: its compute capability " +
+                         std::to_string(info.cc_major) + "." + std::to_string(info.cc_minor) + " is older than " +
+                         std::to_string(kMinComputeMajor) + ".0, the oldest the kernels are built for (bf16 tensor cores)",
+                     "", "compute.device", 0, kDeviceHint);
   }
   if (g_ctx) {
     throw std::logic_error("open_device(" + std::to_string(device) + "): cuda:" + std::to_string(g_ctx->device) +

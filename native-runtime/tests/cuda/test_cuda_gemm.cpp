@@ -155,6 +155,13 @@ void check_case(const GemmCase& c, const std::function<void(const GemmArgs&)>& r
     out = lora_test::to_host_f32(c_bf16);
   }
 
+  // op(A) by rows and op(B) by columns, so each reference element is a contiguous dot.
+  std::vector<double> a_rows_k(static_cast<size_t>(c.M * c.K)), b_cols_k(static_cast<size_t>(c.N * c.K));
+  for (int64_t m = 0; m < c.M; ++m)
+    for (int64_t k = 0; k < c.K; ++k) a_rows_k[m * c.K + k] = c.ta ? a[k * c.M + m] : a[m * c.K + k];
+  for (int64_t n = 0; n < c.N; ++n)
+    for (int64_t k = 0; k < c.K; ++k) b_cols_k[n * c.K + k] = c.tb ? b[n * c.K + k] : b[k * c.N + n];
+
   const double u = std::ldexp(1.0, -22);
   const double out_round = f32 ? 0.0 : std::ldexp(1.0, -8);
   double worst = 0;
@@ -167,11 +174,12 @@ void check_case(const GemmCase& c, const std::function<void(const GemmArgs&)>& r
       continue;
     }
     double sum = 0, abs_sum = 0;
+    const double* ar = a_rows_k.data() + m * c.K;
+    const double* bc = b_cols_k.data() + n * c.K;
     for (int64_t k = 0; k < c.K; ++k) {
-      const double av = c.ta ? a[k * c.M + m] : a[m * c.K + k];
-      const double bv = c.tb ? b[n * c.K + k] : b[k * c.N + n];
-      sum += av * bv;
-      abs_sum += std::fabs(av * bv);
+      const double p = ar[k] * bc[k];
+      sum += p;
+      abs_sum += std::fabs(p);
     }
     const double cterm = c.beta != 0.f ? double(c.beta) * c0[m * c.N + n] : 0.0;
     const double ref = double(c.alpha) * sum + cterm;
