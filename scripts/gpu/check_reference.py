@@ -69,11 +69,14 @@ def runtime_json(runtime, args, timeout=600):
     return json.loads(r.stdout.strip().split("\n")[-1])
 
 
-def runtime_has_cuda(runtime):
+def runtime_cuda(runtime):
+    """(built with CUDA, sees a usable GPU) from `lora-runtime --version`: `cuda_built` and
+    `cuda` (older runtimes only had `cuda`, meaning built)."""
     try:
-        return bool(runtime_json(runtime, ["--version"]).get("cuda"))
+        v = runtime_json(runtime, ["--version"])
     except Exception:  # noqa: BLE001 - a runtime that cannot say is one without CUDA
-        return False
+        return False, False
+    return bool(v.get("cuda_built", v.get("cuda"))), bool(v.get("cuda"))
 
 
 def model_dir(work, preset, dtype="float32"):
@@ -535,9 +538,12 @@ def main(argv=None):
         print("check_reference: needs torch, transformers, peft and safetensors: %s" % e)
         return 2
     gpu = (not a.cpu_only) and torch.cuda.is_available()
-    has_cuda = runtime_has_cuda(runtime)
-    print("check_reference: runtime %s (cuda: %s); torch %s, transformers %s, peft %s; GPU: %s" % (
-        runtime, has_cuda, torch.__version__, transformers.__version__, peft.__version__,
+    built, usable = runtime_cuda(runtime)
+    has_cuda = built and usable
+    why_not = ("%s was built without CUDA" % runtime) if not built else \
+        ("%s was built with CUDA but sees no usable GPU (lora-runtime devices says which and why)" % runtime)
+    print("check_reference: runtime %s (CUDA built: %s, usable GPU: %s); torch %s, transformers %s, peft %s; GPU: %s" % (
+        runtime, built, usable, torch.__version__, transformers.__version__, peft.__version__,
         torch.cuda.get_device_name(0) if gpu else ("not used (--cpu-only)" if a.cpu_only else "none")), flush=True)
     work = os.path.abspath(a.work) if a.work else tempfile.mkdtemp(prefix="lora-gpu-checks-")
     os.makedirs(work, exist_ok=True)
@@ -548,7 +554,7 @@ def main(argv=None):
             check_a(runtime, work)
         if "b" in checks:
             if gpu and not has_cuda:
-                report("FAIL", "b adapter on cuda:0", "a GPU is present but %s was built without CUDA" % runtime)
+                report("FAIL", "b adapter on cuda:0", "PyTorch sees a GPU, but " + why_not)
             check_b(runtime, work, gpu and has_cuda)
         if "c" in checks:
             check_c(runtime, work)
@@ -557,7 +563,7 @@ def main(argv=None):
                 report("SKIP", "d cuda vs cpu", "no GPU (torch.cuda.is_available() is false)" if not a.cpu_only
                        else "--cpu-only")
             elif not has_cuda:
-                report("FAIL", "d cuda vs cpu", "a GPU is present but %s was built without CUDA" % runtime)
+                report("FAIL", "d cuda vs cpu", "PyTorch sees a GPU, but " + why_not)
             else:
                 check_d(runtime, work)
     finally:

@@ -15,6 +15,7 @@
 //              [--rows R] [--cols C] [--tokens T] [--hidden D] [--intermediate I] [--kv KV]
 //              [--vocab V] [--rank R] [--head-chunk N] [--no-builtin]
 #include <algorithm>
+#include <iterator>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -79,10 +80,19 @@ Options parse(int argc, char** argv) {
       o.builtin = false;
       continue;
     }
-    if (i + 1 >= argc) throw std::invalid_argument(a + " needs a value (or is unknown)");
+    static const char* const valued[] = {"--device", "--only",   "--reps",  "--warmup",       "--rows",
+                                         "--cols",   "--tokens", "--hidden", "--intermediate", "--kv",
+                                         "--vocab",  "--rank",   "--head-chunk"};
+    if (std::none_of(std::begin(valued), std::end(valued), [&](const char* f) { return a == f; }))
+      throw std::invalid_argument("unknown argument " + a);
+    if (i + 1 >= argc) throw std::invalid_argument(a + " needs a value");
     const char* v = argv[++i];
-    if (a == "--device") o.device = static_cast<int>(std::strtol(v, nullptr, 10));
-    else if (a == "--only") {
+    if (a == "--device") {
+      char* end = nullptr;
+      const long d = std::strtol(v, &end, 10);
+      if (!*v || *end || d < 0 || d > 1024) throw std::invalid_argument("--device must be a GPU index");
+      o.device = static_cast<int>(d);
+    } else if (a == "--only") {
       o.only = v;
       if (o.only != "dequant" && o.only != "gemm") throw std::invalid_argument("--only must be dequant or gemm");
     } else if (a == "--reps") o.reps = static_cast<int>(positive("--reps", v));
@@ -96,7 +106,6 @@ Options parse(int argc, char** argv) {
     else if (a == "--vocab") o.vocab = positive("--vocab", v);
     else if (a == "--rank") o.rank = positive("--rank", v);
     else if (a == "--head-chunk") o.head_chunk = positive("--head-chunk", v);
-    else throw std::invalid_argument("unknown argument " + a);
   }
   return o;
 }
