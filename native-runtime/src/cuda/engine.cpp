@@ -136,11 +136,15 @@ std::unique_ptr<TrainEngine> make_cuda_engine(const Model& model, LoraState& lor
 // values; bf16 embeddings / LM head; fp32 norms and biases), the adapter's 4 fp32 vectors
 // (weights, gradients, two AdamW moments) and its bf16 copy, and the workspace of one
 // micro-batch of `tokens` tokens (device_workspace_bytes, forward.cpp, which lists it per
-// token). Sizes before the caching allocator's rounding.
+// token, rounded to the allocator's size classes), plus the GEMM backend's workspace
+// (cuBLASLt's, 32 MiB: gemm.cpp kWorkspaceBytes). The base and adapter are counted before
+// rounding (many small tensors; the rounding adds at most 512 B each below 1 MiB). Not
+// counted: the CUDA context itself (a few hundred MiB the driver reports as used).
 uint64_t estimate_device_bytes(const Model& model, const LoraState& lora, int64_t tokens, bool checkpointing,
                                const CudaTrainOptions& opt) {
+  constexpr uint64_t kGemmWorkspace = uint64_t(32) << 20;
   return device_model_bytes(model) + device_lora_bytes(static_cast<int64_t>(lora.params.size())) +
-         device_workspace_bytes(model, lora, tokens, checkpointing, forward_options(opt));
+         device_workspace_bytes(model, lora, tokens, checkpointing, forward_options(opt)) + kGemmWorkspace;
 }
 
 }  // namespace lora::cuda

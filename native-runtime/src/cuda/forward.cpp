@@ -132,11 +132,18 @@ struct Allocate {
   }
 };
 
+// The caching allocator's size classes (memory.cpp): 512 B below 1 MiB, 2 MiB above. Its
+// `used` counts rounded sizes, so the estimate does too.
+uint64_t allocator_rounded(uint64_t bytes) {
+  const uint64_t round = bytes < (uint64_t(1) << 20) ? 512 : (uint64_t(2) << 20);
+  return (bytes + round - 1) / round * round;
+}
+
 struct Count {
   uint64_t bytes = 0;
   template <class T>
   void operator()(DeviceArray<T>&, int64_t n) {
-    bytes += static_cast<uint64_t>(n) * sizeof(T);
+    if (n > 0) bytes += allocator_rounded(static_cast<uint64_t>(n) * sizeof(T));
   }
 };
 
@@ -146,7 +153,8 @@ struct Count {
 uint64_t lm_head_bytes(const Model& model, int64_t n_targets, int64_t chunk) {
   const int64_t rows = std::max<int64_t>(1, std::min(n_targets, chunk));
   const int64_t ld = (model.cfg.vocab_size + 7) / 8 * 8;
-  return static_cast<uint64_t>(rows) * (ld * 4 + 4) + 8;
+  return allocator_rounded(static_cast<uint64_t>(rows) * ld * 4) + allocator_rounded(static_cast<uint64_t>(rows) * 4) +
+         allocator_rounded(8);
 }
 
 bool batch_ok(const Batch& b) {
@@ -399,7 +407,8 @@ class Pass {
     if (!dx && !d.A) return;
     LinearBackward b;
     b.dy = dy;
-    b.W = weight(l, m);
+    // Without dx (the first layer's q/k/v) the frozen weight is not read: no dequantization.
+    b.W = dx ? weight(l, m) : nullptr;
     b.x = x;
     b.T = N_;
     b.in = model_.module_in(m);
@@ -599,7 +608,8 @@ double forward_loss(const DeviceModel& model, DeviceLoraState* lora, const Batch
 //   final norm 2C + 4 (GPT-2 + 4), GPT-2's fused qkv and its gradient 12C, batch 12, target
 //   rows 12 + 2C + 4C;
 // plus the attention backward's workspace, one dequantized weight (2 * max_linear_numel,
-// quantized bases only) and the LM head's min(chunk, tokens) x (4V + 4), V padded to 8.
+// quantized bases only) and the LM head's min(chunk, tokens) x (4V + 4), V padded to 8;
+// every buffer rounded up to the allocator's size class.
 uint64_t device_workspace_bytes(const Model& model, const LoraState& lora, int64_t tokens, bool checkpointing,
                                 const ForwardOptions& opt) {
   if (tokens <= 0) return 0;

@@ -92,7 +92,8 @@ void lora_linear_forward(const LinearForward& f, const DeviceLora& lora, cudaStr
 
 void lora_linear_backward(const LinearBackward& b, const DeviceLora& lora, cudaStream_t stream) {
   require(b.T >= 0 && b.in > 0 && b.out > 0, "T must be >= 0 and in, out positive");
-  require(b.dy != nullptr && b.W != nullptr, "dy and W are required");
+  require(b.dy != nullptr, "dy is required");
+  require(b.dx == nullptr || b.W != nullptr, "W is required when dx is requested");
   check_lora(lora);
   const bool drop = dropout_on(lora);
   if (lora_on(lora)) {

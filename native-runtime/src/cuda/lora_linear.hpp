@@ -39,7 +39,7 @@ void lora_linear_forward(const LinearForward& f, const DeviceLora& lora, cudaStr
 
 struct LinearBackward {
   const bf16* dy = nullptr;  // (T, out)
-  const bf16* W = nullptr;   // (out, in)
+  const bf16* W = nullptr;   // (out, in); read only when dx is requested
   const bf16* x = nullptr;   // (T, in) the forward input (used as h when dropout == 0)
   const bf16* h = nullptr;   // (T, in) saved drop(x) when dropout > 0
   const bf16* u = nullptr;   // (T, r)

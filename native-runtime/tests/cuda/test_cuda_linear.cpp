@@ -284,6 +284,9 @@ TEST(cuda_lora_linear_rejects_bad_arguments) {
   b.in = 4;
   b.out = 4;
   b.dx = fstore.data();
+  b.W = nullptr;
+  expect_invalid("backward dx without W", [&] { cuda::lora_linear_backward(b, d, nullptr); }, "W is required");
+  b.W = fake;
   expect_invalid("backward without u", [&] { cuda::lora_linear_backward(b, d, nullptr); }, "u (T, r)");
   b.u = fake;
   expect_invalid("backward without du", [&] { cuda::lora_linear_backward(b, d, nullptr); }, "du scratch");

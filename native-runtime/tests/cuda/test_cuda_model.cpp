@@ -427,11 +427,12 @@ TEST(cuda_engine_reports_device_and_memory) {
   CHECK(mem.find("device_total")->as_number() >= mem.find("device_used")->as_number());
   CHECK(mem.find("device_used")->as_number() > 0);
 
-  // What the run allocated stays within the estimate, up to the allocator's rounding and the
-  // GEMM backend's own workspace (cuBLASLt's, allocated on first use; 64 MiB covers it).
+  // What the run allocated stays within the estimate (which counts the GEMM workspace even
+  // when an earlier test allocated it already); 1 MiB for the optimizer reductions' partials
+  // and the 512 B rounding of the base's small tensors.
   const uint64_t estimate = cuda::estimate_device_bytes(model, lora, batch.tokens_count(), false, opt);
   const uint64_t grown = cuda::allocator_stats().peak - std::min(used_before, cuda::allocator_stats().peak);
-  if (!(grown <= estimate + estimate / 4 + (uint64_t(64) << 20)))
+  if (!(grown <= estimate + (uint64_t(1) << 20)))
     lora_test::record_failure(__FILE__, __LINE__,
                               "allocated " + std::to_string(grown) + " bytes, estimate " + std::to_string(estimate));
 }
@@ -509,9 +510,18 @@ TEST(cuda_model_checkpointing_and_offload_lower_the_peak) {
   const Batch batch = doc_batch(spec.vocab, 128, {100, 90, 120, 60, 128, 40}, 3);
   cuda::DeviceModel dm = cuda::upload_model(model);
   cuda::DeviceLoraState dl = cuda::upload_lora(lora, cuda::current().stream);
+  {
+    // The first GEMM allocates the backend's workspace: not part of the passes measured.
+    cuda::DeviceWorkspace warm;
+    cuda::forward_backward(dm, dl, batch, {5, 1, 0}, true, cuda::ForwardOptions{}, warm);
+    cuda::synchronize();
+  }
   auto peak_of = [&](bool checkpointing, bool offload) {
     cuda::ForwardOptions opt;
     opt.offload_activations = offload;
+    // The estimate of the same pass bounds it (it assumes every token is a target).
+    const uint64_t estimate =
+        cuda::device_workspace_bytes(model, lora, batch.tokens_count(), checkpointing, opt);
     const uint64_t before = cuda::allocator_stats().used;
     cuda::reset_peak();
     {
@@ -519,7 +529,13 @@ TEST(cuda_model_checkpointing_and_offload_lower_the_peak) {
       cuda::forward_backward(dm, dl, batch, {5, 1, 0}, checkpointing, opt, ws);
       cuda::synchronize();
     }
-    return cuda::allocator_stats().peak - before;
+    const uint64_t peak = cuda::allocator_stats().peak - before;
+    if (!(peak <= estimate && 2 * peak >= estimate))
+      lora_test::record_failure(__FILE__, __LINE__,
+                                "checkpointing " + std::to_string(checkpointing) + " offload " +
+                                    std::to_string(offload) + ": peak " + std::to_string(peak) + " bytes, estimate " +
+                                    std::to_string(estimate));
+    return peak;
   };
   const uint64_t full = peak_of(false, false), ckpt = peak_of(true, false), offl = peak_of(true, true);
   CHECK(full > ckpt);
