@@ -224,8 +224,12 @@ constexpr int32_t kCublasOpN = 0, kCublasOpT = 1;
 constexpr int kDescTransA = 3, kDescTransB = 4;  // CUBLASLT_MATMUL_DESC_TRANSA / _TRANSB
 // cublasLtMatmulPreferenceAttributes_t (cublasLt.h)
 constexpr int kPrefMaxWorkspaceBytes = 1;  // uint64_t
+constexpr int kPrefReductionSchemeMask = 3;  // uint32_t
 constexpr int kPrefMinAlignmentA = 5, kPrefMinAlignmentB = 6, kPrefMinAlignmentC = 7,
               kPrefMinAlignmentD = 8;  // uint32_t each
+// cublasLtReductionScheme_t (cublasLt.h): how split-K partial sums are combined
+constexpr uint32_t kReductionComputeType = 2;  // CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE
+constexpr uint32_t kReductionAll = 7;          // CUBLASLT_REDUCTION_SCHEME_MASK
 
 struct LtApi {
   cublasStatus_t (*create)(cublasLtHandle_t*);
@@ -364,7 +368,11 @@ Plan make_plan(Backend& be, const PlanKey& k) {
     // The heuristic assumes 256-byte aligned matrices unless told otherwise, and may pick
     // vectorised kernels that misread a view into the middle of a tensor.
     const uint32_t al_a = k.align_b, al_b = k.align_a, al_c = k.align_c;
+    // A split-K product with a bf16 C may otherwise add its partial sums in bf16 (in place
+    // or in an output-type workspace), losing the fp32 accumulation the contract promises.
+    const uint32_t reduction = k.c_type == GemmType::BF16 ? kReductionComputeType : kReductionAll;
     ok = api.pref_set(pref, kPrefMaxWorkspaceBytes, &ws, sizeof ws) == kCublasSuccess &&
+         api.pref_set(pref, kPrefReductionSchemeMask, &reduction, sizeof reduction) == kCublasSuccess &&
          api.pref_set(pref, kPrefMinAlignmentA, &al_a, sizeof al_a) == kCublasSuccess &&
          api.pref_set(pref, kPrefMinAlignmentB, &al_b, sizeof al_b) == kCublasSuccess &&
          api.pref_set(pref, kPrefMinAlignmentC, &al_c, sizeof al_c) == kCublasSuccess &&
