@@ -1,0 +1,223 @@
+// Cross-entropy over the vocabulary and the fused LM head, twins of ops/cross_entropy.cpp
+// and the chunked head of model/forward.cpp.
+//
+// The row kernel reads a row of fp32 logits twice: pass 1 an online (max, sum of exp) per
+// thread, combined across the block into the log-sum-exp; pass 2 writes
+// scale * (softmax - onehot) as bf16. In the LM head the bf16 gradient overwrites the fp32
+// logits of its own row (bf16 row stride = twice the fp32 one), so one (chunk x V) buffer
+// serves both GEMMs.
+#include "cuda/cross_entropy.hpp"
+
+#include <algorithm>
+#include <climits>
+#include <cmath>
+#include <stdexcept>
+#include <string>
+
+#include "cuda/context.hpp"
+#include "cuda/gemm.hpp"
+#include "cuda/memory.hpp"
+
+namespace lora::cuda {
+
+struct LmHeadWorkspace {
+  DeviceArray<float> logits;    // (chunk, ld) fp32 logits; then each row's bf16 gradient in place
+  DeviceArray<float> row_loss;  // (chunk)
+  DeviceArray<double> total;    // (1): the loss summed over every chunk of one call
+};
+
+namespace {
+
+constexpr int kRowThreads = 512;  // V up to 256k: 512 values per thread at most
+constexpr int kSumThreads = 256;
+
+// Merges the (max, sum of exp(x - max)) pair (m2, s2) into (m, s). An empty side has
+// max -inf and sum 0 and must not turn the other into NaN through exp(-inf - -inf).
+__device__ __forceinline__ void merge_lse(float& m, float& s, float m2, float s2) {
+  if (m2 == -INFINITY) return;
+  if (m == -INFINITY) {
+    m = m2;
+    s = s2;
+  } else if (m2 > m) {
+    s = s * expf(m - m2) + s2;
+    m = m2;
+  } else {
+    s += s2 * expf(m2 - m);
+  }
+}
+
+// One block per row. logits: row r at logits + r * ld (fp32); dlogits: row r at
+// dlogits + r * dl_ld (bf16), may alias the logits (dl_ld = 2 * ld); loss: (n).
+// A target outside [0, V) (a caller bug the CPU twin throws on) yields a NaN loss and no
+// one-hot term, which the loss check of the trainer surfaces.
+__global__ void __launch_bounds__(kRowThreads)
+    cross_entropy_rows_kernel(float* __restrict__ loss, bf16* dlogits, int64_t dl_ld, const float* logits,
+                              int64_t ld, const int32_t* __restrict__ targets, int V, float scale) {
+  __shared__ float red_m[kRowThreads / 32], red_s[kRowThreads / 32];
+  __shared__ float row_lse;
+  const int64_t r = blockIdx.x;
+  const float* x = logits + r * ld;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+
+  float m = -INFINITY, s = 0.f;
+  for (int i = threadIdx.x; i < V; i += kRowThreads) {
+    const float xi = x[i];
+    if (xi == -INFINITY) continue;  // exp(-inf) = 0; skipping keeps m = -inf out of exp
+    if (xi > m) {
+      s = s * expf(m - xi) + 1.f;
+      m = xi;
+    } else {
+      s += expf(xi - m);  // a NaN logit lands here and makes the loss NaN, as it should
+    }
+  }
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) {
+    const float m2 = __shfl_xor_sync(0xffffffffu, m, off), s2 = __shfl_xor_sync(0xffffffffu, s, off);
+    merge_lse(m, s, m2, s2);
+  }
+  if (lane == 0) {
+    red_m[warp] = m;
+    red_s[warp] = s;
+  }
+  __syncthreads();
+  const int target = targets[r];
+  const bool target_ok = target >= 0 && target < V;
+  if (threadIdx.x == 0) {
+    float bm = red_m[0], bs = red_s[0];
+    for (int w = 1; w < kRowThreads / 32; ++w) merge_lse(bm, bs, red_m[w], red_s[w]);
+    const float lse = bm + logf(bs);
+    row_lse = lse;
+    // Read the target's logit before pass 2 may overwrite it.
+    loss[r] = target_ok ? lse - x[target] : NAN;
+  }
+  __syncthreads();
+  if (!dlogits) return;
+  const float lse = row_lse;
+  bf16* dl = dlogits + r * dl_ld;
+  // In place, element i's bf16 occupies bytes of fp32 element i / 2 <= i: every value of a
+  // stride is read before the barrier and written after it, and later strides are never
+  // touched by earlier writes, so no thread reads a value another has overwritten.
+  for (int base = 0; base < V; base += kRowThreads) {
+    const int i = base + threadIdx.x;
+    float g = 0.f;
+    if (i < V) g = scale * (expf(x[i] - lse) - (target_ok && i == target ? 1.f : 0.f));
+    __syncthreads();
+    if (i < V) dl[i] = __float2bfloat16_rn(g);
+  }
+}
+
+// total += sum of row_loss[0, n) in fp64, in a fixed order (one block): the same inputs
+// always give the same sum.
+__global__ void __launch_bounds__(kSumThreads) sum_losses_kernel(double* total, const float* __restrict__ row_loss,
+                                                                  int n) {
+  __shared__ double part[kSumThreads];
+  double s = 0.0;
+  for (int i = threadIdx.x; i < n; i += kSumThreads) s += double(row_loss[i]);
+  part[threadIdx.x] = s;
+  __syncthreads();
+  for (int w = kSumThreads / 2; w > 0; w >>= 1) {
+    if (int(threadIdx.x) < w) part[threadIdx.x] += part[threadIdx.x + w];
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) *total += part[0];
+}
+
+cudaStream_t resolve(cudaStream_t stream) { return stream ? stream : current().stream; }
+
+void check_vocab(int64_t V, const char* who) {
+  if (V <= 0 || V > INT_MAX)
+    throw std::invalid_argument(std::string(who) + ": V = " + std::to_string(V) + " is outside [1, 2^31)");
+}
+
+void launch_rows(float* loss, bf16* dlogits, int64_t dl_ld, const float* logits, int64_t ld, const int32_t* targets,
+                 int64_t n, int64_t V, float scale, cudaStream_t stream) {
+  cross_entropy_rows_kernel<<<unsigned(n), kRowThreads, 0, stream>>>(loss, dlogits, dl_ld, logits, ld, targets,
+                                                                     int(V), scale);
+  LORA_CUDA_LAUNCH_CHECK("cross_entropy_rows_kernel");
+}
+
+}  // namespace
+
+LmHeadWorkspace* lm_head_workspace_create() { return new LmHeadWorkspace(); }
+void lm_head_workspace_destroy(LmHeadWorkspace* ws) { delete ws; }
+
+void cross_entropy_rows(float* loss, bf16* dlogits, const float* logits, const int32_t* targets, int64_t n, int64_t V,
+                        float scale, cudaStream_t stream) {
+  if (n < 0) throw std::invalid_argument("cross_entropy_rows: n = " + std::to_string(n) + " is negative");
+  if (n > INT_MAX) throw std::invalid_argument("cross_entropy_rows: n = " + std::to_string(n) + " exceeds 2^31 - 1");
+  check_vocab(V, "cross_entropy_rows");
+  if (n == 0) return;
+  if (!loss) throw std::invalid_argument("cross_entropy_rows: loss is null");
+  if (!logits) throw std::invalid_argument("cross_entropy_rows: logits is null");
+  if (!targets) throw std::invalid_argument("cross_entropy_rows: targets is null");
+  launch_rows(loss, dlogits, V, logits, V, targets, n, V, scale, resolve(stream));
+}
+
+double lm_head_cross_entropy(const LmHeadArgs& args, LmHeadWorkspace* ws, cudaStream_t stream) {
+  const char* who = "lm_head_cross_entropy";
+  if (!ws) throw std::invalid_argument("lm_head_cross_entropy: ws is null");
+  if (args.n < 0) throw std::invalid_argument("lm_head_cross_entropy: n = " + std::to_string(args.n) + " is negative");
+  if (args.C <= 0) throw std::invalid_argument("lm_head_cross_entropy: C = " + std::to_string(args.C) + " is not positive");
+  check_vocab(args.V, who);
+  if (args.chunk <= 0)
+    throw std::invalid_argument("lm_head_cross_entropy: chunk = " + std::to_string(args.chunk) + " is not positive");
+  if (args.n == 0) return 0.0;
+  if (!args.x) throw std::invalid_argument("lm_head_cross_entropy: x is null");
+  if (!args.targets) throw std::invalid_argument("lm_head_cross_entropy: targets is null");
+  if (!args.W) throw std::invalid_argument("lm_head_cross_entropy: W is null");
+  stream = resolve(stream);
+
+  const int64_t n = args.n, C = args.C, V = args.V;
+  const int64_t chunk = std::min(args.chunk, n);
+  // Rows padded to 8 floats: every fp32 row and its in-place bf16 row start 32-byte aligned,
+  // whatever V is, which the tensor-core GEMM loads want.
+  const int64_t ld = (V + 7) / 8 * 8;
+  ws->logits.resize(size_t(chunk * ld));
+  ws->row_loss.resize(size_t(chunk));
+  ws->total.resize(1);
+  float* logits = ws->logits.data();
+  bf16* dlogits = args.dx ? reinterpret_cast<bf16*>(logits) : nullptr;
+  LORA_CUDA_CHECK(cudaMemsetAsync(ws->total.data(), 0, sizeof(double), stream));
+
+  for (int64_t c0 = 0; c0 < n; c0 += chunk) {
+    const int64_t m = std::min(chunk, n - c0);
+    GemmArgs head;  // logits (m, V) = x[c0 : c0 + m] W^T
+    head.trans_b = true;
+    head.M = m;
+    head.N = V;
+    head.K = C;
+    head.A = args.x + c0 * C;
+    head.lda = C;
+    head.B = args.W;
+    head.ldb = C;
+    head.C = logits;
+    head.ldc = ld;
+    head.c_type = GemmType::F32;
+    gemm(head, stream);
+
+    launch_rows(ws->row_loss.data(), dlogits, 2 * ld, logits, ld, args.targets + c0, m, V, args.grad_scale, stream);
+    sum_losses_kernel<<<1, kSumThreads, 0, stream>>>(ws->total.data(), ws->row_loss.data(), int(m));
+    LORA_CUDA_LAUNCH_CHECK("sum_losses_kernel");
+
+    if (!args.dx) continue;
+    GemmArgs back;  // dx[c0 : c0 + m] (m, C) = dlogits (m, V) W
+    back.M = m;
+    back.N = C;
+    back.K = V;
+    back.A = dlogits;
+    back.lda = 2 * ld;
+    back.B = args.W;
+    back.ldb = C;
+    back.C = args.dx + c0 * C;
+    back.ldc = C;
+    back.c_type = GemmType::F32;
+    gemm(back, stream);
+  }
+
+  double total = 0.0;
+  LORA_CUDA_CHECK(cudaMemcpyAsync(&total, ws->total.data(), sizeof(double), cudaMemcpyDeviceToHost, stream));
+  LORA_CUDA_CHECK(cudaStreamSynchronize(stream));
+  return total;
+}
+
+}  // namespace lora::cuda
