@@ -4,6 +4,7 @@
 
 #include "common/errors.hpp"
 #include "common/json.hpp"
+#include "cuda/cuda.hpp"
 #include "model_fixture.hpp"
 #include "test.hpp"
 #include "train/run_config.hpp"
@@ -148,11 +149,42 @@ TEST(run_config_each_invalid_field_is_named) {
   expect_field(with("train", "{\"early_stopping_patience\": 2}"), "train.early_stopping_patience");  // no eval set
   expect_field(with("train", "{\"learning_rate\": 1e-4}"), "train.learning_rate");
   expect_field(with("compute", "{\"device\": \"gpu\"}"), "compute.device");
-  expect_field(with("compute", "{\"device\": \"cuda:0\"}"), "compute.device");
+  expect_field(with("compute", "{\"device\": \"cuda:x\"}"), "compute.device");
+  expect_field(with("compute", "{\"device\": \"cuda:12345\"}"), "compute.device");
+  // Only a build without CUDA can refuse cuda:N here; a CUDA build asks the driver at run
+  // time (test_device_select.cpp).
+  if (!cuda::compiled()) expect_field(with("compute", "{\"device\": \"cuda:0\"}"), "compute.device");
+  expect_field(with("compute", "{\"offload_activations\": 1}"), "compute.offload_activations");
+  expect_field(with("compute", "{\"offload_activation\": true}"), "compute.offload_activation");
   expect_field(with("compute", "{\"dtype\": \"int4\"}"), "compute.dtype");
   expect_field(with("compute", "{\"threads\": -1}"), "compute.threads");
   expect_field(with("compute", "[1]"), "compute");
   expect_field(with("extra", "{}"), "extra");
+}
+
+TEST(run_config_compute_device_and_offload) {
+  RunConfig c = parse_run_config(parse(kMinimal), "/runs/r1", "/runs/r1/run.json");
+  CHECK_EQ(c.device, std::string("auto"));
+  CHECK_EQ(c.device_line, 0);
+  CHECK(!c.offload_activations);
+  const std::string text = "{\"v\": 1, \"model\": \"/m\", \"data\": {\"train\": \"t.bin\"},\n"
+                           " \"compute\": {\"offload_activations\": true,\n  \"device\": \"cpu\"}}";
+  const RunConfig o = parse_run_config(parse(text), "/runs/r1", "/runs/r1/run.json");
+  CHECK(o.offload_activations);
+  CHECK_EQ(o.device, std::string("cpu"));
+  CHECK_EQ(o.device_line, 3);
+  // Offloading moves activations, not math: a run may resume with it switched.
+  RunConfig p = o;
+  p.offload_activations = false;
+  p.device = "auto";
+  CHECK_EQ(p.training_hash(), o.training_hash());
+  if (cuda::compiled()) {
+    const RunConfig g = parse_run_config(parse(with("compute", "{\"device\": \"cuda:1\"}")), "/r", "/r/run.json");
+    CHECK_EQ(g.device, std::string("cuda:1"));
+    CHECK_EQ(g.device_line, 2);
+  }
+  const int64_t line = expect_field(with("compute", "{\n  \"offload_activations\": \"yes\"}"), "compute.offload_activations");
+  CHECK_EQ(line, 3);
 }
 
 TEST(run_config_error_line_points_at_the_value) {

@@ -10,6 +10,7 @@
 
 #include "common/errors.hpp"
 #include "common/json.hpp"
+#include "cuda/cuda.hpp"
 
 namespace lora {
 
@@ -222,7 +223,7 @@ RunConfig parse_run_config(const Json& root, const std::string& run_dir, const s
            "set train.eval_every > 0, or early_stopping_patience to 0.");
 
   Section k(top.get("compute"), "compute", file, 1);
-  k.only({"device", "dtype", "threads"});
+  k.only({"device", "dtype", "threads", "offload_activations"});
   if (const Json* dev = k.get("device")) {
     const bool known = dev->is_string() && (dev->as_string() == "auto" || dev->as_string() == "cpu" ||
                                             dev->as_string().rfind("cuda:", 0) == 0);
@@ -230,15 +231,20 @@ RunConfig parse_run_config(const Json& root, const std::string& run_dir, const s
     const std::string s = dev->as_string();
     if (s.rfind("cuda:", 0) == 0) {
       const std::string n = s.substr(5);
-      if (n.empty() || n.find_first_not_of("0123456789") != std::string::npos)
+      if (n.empty() || n.size() > 4 || n.find_first_not_of("0123456789") != std::string::npos)
         k.fail("compute.device", dev->line(), "has a malformed CUDA index", "write \"cuda:0\", \"cuda:1\", ...");
-      k.fail("compute.device", dev->line(), "asks for " + s + ", but this runtime was built without CUDA",
-             "use \"auto\" or \"cpu\", or build the runtime on a machine with nvcc.");
+      // Whether that GPU exists is known only on the machine that trains (the trainer asks
+      // the driver); a build without CUDA can say no already.
+      if (!cuda::compiled())
+        k.fail("compute.device", dev->line(), "asks for " + s + ", but this runtime was built without CUDA",
+               "use \"auto\" or \"cpu\", or build the runtime on a machine with nvcc.");
     }
     c.device = s;
+    c.device_line = dev->line();
   }
   c.dtype = k.choice("dtype", "bf16", {"fp32", "bf16", "fp16"});
   c.threads = k.integer("threads", 0, 0, 1024);
+  c.offload_activations = k.boolean("offload_activations", false);
   return c;
 }
 
@@ -274,6 +280,9 @@ std::vector<int> resolve_targets(const RunConfig& cfg, Arch arch) {
   return out;
 }
 
+// compute.* (device, dtype, threads, offload_activations) and grad_checkpointing are left out
+// on purpose: a run checkpointed on one device may resume on another, and offloading or
+// recomputing activations moves memory without changing the math.
 uint64_t RunConfig::training_hash() const {
   char buf[512];
   std::snprintf(buf, sizeof buf,

@@ -53,7 +53,11 @@ struct RunConfig {
   int64_t early_stopping_patience = 0;
 
   // compute
-  std::string device = "auto";
+  std::string device = "auto";       // "auto", "cpu" or "cuda:N" (N digits; availability is checked at run time)
+  int device_line = 0;               // line of compute.device in run.json (0 when defaulted)
+  // CUDA only: checkpointed layer inputs live in pinned host memory between forward and
+  // backward. It moves memory, not math, so it is not part of training_hash().
+  bool offload_activations = false;
   std::string dtype = "bf16";
   int64_t threads = 0;
 
