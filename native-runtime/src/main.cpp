@@ -15,6 +15,7 @@
 #include "common/errors.hpp"
 #include "common/json.hpp"
 #include "common/threadpool.hpp"
+#include "cuda/cuda.hpp"
 #include "model/logits.hpp"
 #include "model/merge.hpp"
 #include "model/model.hpp"
@@ -33,7 +34,7 @@ const char* const kUsage =
     "  lora-runtime inspect --model DIR\n"
     "  lora-runtime train --run RUN_DIR [--resume]\n"
     "  lora-runtime eval --model DIR [--adapter DIR] --data SHARD [--quant none|nf4|fp4|int8]\n"
-    "                    [--seq-len N] [--micro-batch N] [--threads N]\n"
+    "                    [--seq-len N] [--micro-batch N] [--threads N] [--device auto|cpu|cuda:N]\n"
     "  lora-runtime logits --model DIR [--adapter DIR] --tokens ID,ID,... [--quant none|nf4|fp4|int8]\n"
     "                      [--positions all|last] [--threads N]\n"
     "  lora-runtime merge --model DIR --adapter DIR --out DIR [--dtype bf16|f16|f32]\n"
@@ -100,6 +101,8 @@ std::map<std::string, uint64_t> meminfo() {
   return out;
 }
 
+// The CPU first (it is always there), then every GPU the driver reports, supported or not:
+// an unsupported one carries a note saying why, so a user sees the GPU and the reason.
 int cmd_devices() {
   auto mem = meminfo();
   Json d = Json::object();
@@ -110,9 +113,27 @@ int cmd_devices() {
   d.set("memory_free", mem.count("MemAvailable") ? mem["MemAvailable"] : mem["MemFree"]);
   Json list = Json::array();
   list.push(d);
+  for (const auto& g : cuda::list_devices()) list.push(cuda_device_json(g, true));
   Json out = Json::object();
   out.set("devices", list);
   print_json(out);
+  return kExitOk;
+}
+
+// `cuda` answers "can this runtime train on a GPU here": built with CUDA and a supported GPU
+// present. `cuda_built` and `cuda_runtime` tell a build without CUDA from a machine without
+// a GPU.
+int cmd_version() {
+  bool usable = false;
+  if (cuda::compiled())
+    for (const auto& g : cuda::list_devices()) usable = usable || g.supported;
+  Json v = Json::object();
+  v.set("version", kRuntimeVersion);
+  v.set("protocol", kProtocolVersion);
+  v.set("cuda", usable);
+  v.set("cuda_built", cuda::compiled());
+  v.set("cuda_runtime", cuda::runtime_version());
+  print_json(v);
   return kExitOk;
 }
 
@@ -162,6 +183,7 @@ int cmd_eval(const Args& a) {
   o.quant = a.get("--quant", "none");
   o.seq_len = a.integer("--seq-len", 0, 2, 1 << 20);
   o.micro_batch = a.integer("--micro-batch", 1, 1, 4096);
+  o.device = a.get("--device", "auto");
   set_num_threads(static_cast<int>(a.integer("--threads", 0, 0, 1024)));
   const EvalResult r = run_eval(o);
   Json out = Json::object();
@@ -297,14 +319,7 @@ int main(int argc, char** argv) {
     return code;
   };
   try {
-    if (cmd == "--version" || cmd == "version") {
-      Json v = Json::object();
-      v.set("version", kRuntimeVersion);
-      v.set("protocol", kProtocolVersion);
-      v.set("cuda", false);
-      print_json(v);
-      return kExitOk;
-    }
+    if (cmd == "--version" || cmd == "version") return cmd_version();
     if (cmd == "--help" || cmd == "-h" || cmd == "help") {
       std::fputs(kUsage, stdout);
       return kExitOk;
@@ -315,7 +330,9 @@ int main(int argc, char** argv) {
     }
     if (cmd == "inspect") return cmd_inspect(Args(argc, argv, 2, {"--model"}, {}));
     if (cmd == "eval")
-      return cmd_eval(Args(argc, argv, 2, {"--model", "--adapter", "--data", "--quant", "--seq-len", "--micro-batch", "--threads"}, {}));
+      return cmd_eval(Args(argc, argv, 2,
+                           {"--model", "--adapter", "--data", "--quant", "--seq-len", "--micro-batch", "--threads", "--device"},
+                           {}));
     if (cmd == "logits")
       return cmd_logits(Args(argc, argv, 2, {"--model", "--adapter", "--tokens", "--quant", "--positions", "--threads"}, {}));
     if (cmd == "merge")
@@ -332,7 +349,9 @@ int main(int argc, char** argv) {
     return fail(error_fields(e.code, e.what(), e.hint, e.file, e.line, e.field), kExitBadInput);
   } catch (const OutOfMemoryError& e) {
     Json err = error_fields("out_of_memory", e.what(), e.hint);
-    err.set("bytes_needed", e.bytes_needed);
+    // What the estimate or the failed allocation measured; 0 when the failure came without
+    // a size (a CUDA library call), where a number would mislead.
+    if (e.bytes_needed > 0) err.set("bytes_needed", e.bytes_needed);
     return fail(err, kExitOutOfMemory);
   } catch (const std::bad_alloc&) {
     return fail(error_fields("out_of_memory", "out of memory",

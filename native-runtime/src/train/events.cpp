@@ -87,4 +87,38 @@ std::string cpu_name() {
   return "cpu";
 }
 
+Json cpu_device_json() {
+  Json d = Json::object();
+  d.set("kind", "cpu");
+  d.set("name", cpu_name());
+  d.set("memory_total", read_memory_info().system_total);
+  return d;
+}
+
+std::string compute_capability(const cuda::DeviceInfo& d) {
+  return std::to_string(d.cc_major) + "." + std::to_string(d.cc_minor);
+}
+
+Json cuda_device_json(const cuda::DeviceInfo& g, bool inventory) {
+  Json d = Json::object();
+  d.set("kind", "cuda");
+  d.set("index", g.index);
+  d.set("name", g.name);
+  d.set("compute_capability", compute_capability(g));
+  if (inventory) d.set("multiprocessors", g.multiprocessors);
+  d.set("memory_total", g.memory_total);
+  if (inventory) {
+    d.set("memory_free", g.memory_free);
+    d.set("supported", g.supported);
+    if (!g.note.empty()) d.set("note", g.note);
+  }
+  return d;
+}
+
+std::string gib(uint64_t bytes) {
+  char buf[48];
+  std::snprintf(buf, sizeof buf, "%.2f GiB", static_cast<double>(bytes) / double(1ull << 30));
+  return buf;
+}
+
 }  // namespace lora

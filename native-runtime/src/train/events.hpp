@@ -8,6 +8,7 @@
 #include <string>
 
 #include "common/json.hpp"
+#include "cuda/cuda.hpp"
 
 namespace lora {
 
@@ -40,5 +41,14 @@ struct MemoryInfo {
 };
 MemoryInfo read_memory_info();
 std::string cpu_name();
+
+// The `device` of the hello event. CPU: {kind:"cpu", name, memory_total}. GPU: {kind:"cuda",
+// index, name, compute_capability ("9.0"), memory_total}; with `inventory` (the `devices`
+// command) also multiprocessors, memory_free, supported and, when unsupported, note.
+Json cpu_device_json();
+Json cuda_device_json(const cuda::DeviceInfo& d, bool inventory = false);
+std::string compute_capability(const cuda::DeviceInfo& d);
+// "12.34 GiB", for messages about memory.
+std::string gib(uint64_t bytes);
 
 }  // namespace lora
