@@ -304,7 +304,8 @@ TEST(quant_row_ranges_match_full_dequantization) {
       // block's absmax, itself rebuilt from the double-quant fields when those are used.
       for (int64_t i = 0; i < rows * cols; ++i) {
         const int64_t b = i / 64;
-        const float a = dq ? m.absmax_mean + static_cast<float>(int(m.absmax_q[b]) - 128) * m.absmax_scale[b / 256]
+        const float a = dq ? std::fma(static_cast<float>(int(m.absmax_q[b]) - 128), m.absmax_scale[b / 256],
+                                      m.absmax_mean)
                            : m.absmax[b];
         float want;
         if (type == QuantType::Int8)

@@ -141,11 +141,15 @@ int64_t dequant_4bit_avx2(const uint8_t* raw, const float* code, float scale, in
 }
 #endif
 
-// Every block's absmax, dequantized when double quantization is on.
+// Every block's absmax, dequantized when double quantization is on. An explicit fused
+// multiply-add: left to the compiler, mean + q * scale is contracted to an FMA or not
+// depending on -march (so a native and a portable build disagreed in the last bit), and
+// the CUDA twin (cuda/dequant.cu) computes the same fmaf to match bit for bit.
 float block_absmax(const QuantizedMatrix& m, int64_t block) {
   if (!m.double_quant) return m.absmax[static_cast<size_t>(block)];
   const int q = static_cast<int>(m.absmax_q[static_cast<size_t>(block)]) - 128;
-  return m.absmax_mean + static_cast<float>(q) * m.absmax_scale[static_cast<size_t>(block / kDoubleQuantBlock)];
+  return std::fma(static_cast<float>(q), m.absmax_scale[static_cast<size_t>(block / kDoubleQuantBlock)],
+                  m.absmax_mean);
 }
 
 void run_blocks(int64_t blocks, int64_t elements, const std::function<void(int64_t, int64_t, int)>& fn) {
