@@ -98,13 +98,15 @@ void launch_map(const char* name, const Ptrs<NIN, NOUT>& p, int64_t n, cudaStrea
   if (vec) {
     const int64_t chunks = n / kVec;
     if (chunks > 0) {
-      map_x8_kernel<Op, NIN, NOUT><<<static_cast<unsigned>(ceil_div(chunks, kThreads)), kThreads, 0, stream>>>(p, chunks);
+      const unsigned grid = static_cast<unsigned>(ceil_div(chunks, kThreads));
+      map_x8_kernel<Op, NIN, NOUT><<<grid, kThreads, 0, stream>>>(p, chunks);
       LORA_CUDA_LAUNCH_CHECK(name);
     }
     done = chunks * kVec;
   }
   if (done < n) {
-    map_x1_kernel<Op, NIN, NOUT><<<static_cast<unsigned>(ceil_div(n - done, kThreads)), kThreads, 0, stream>>>(p, done, n);
+    const unsigned grid = static_cast<unsigned>(ceil_div(n - done, kThreads));
+    map_x1_kernel<Op, NIN, NOUT><<<grid, kThreads, 0, stream>>>(p, done, n);
     LORA_CUDA_LAUNCH_CHECK(name);
   }
 }

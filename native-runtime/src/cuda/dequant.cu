@@ -69,6 +69,26 @@ __device__ __forceinline__ void load_table(float* table, const CodeBook& book) {
   __syncthreads();
 }
 
+// Chunk index -> quantization block, without a 64-bit division per chunk (tens of
+// instructions, as many as the rest of the chunk's work): a shift when the block holds a
+// power-of-two number of chunks (block 64: 8 chunks), else a 32-bit division (the launcher
+// keeps chunk indices below 2^32).
+struct ChunkBlocks {
+  uint32_t chunks_per_block;
+  int shift;  // log2(chunks_per_block), or -1 when it is no power of two
+  __device__ __forceinline__ int64_t of(int64_t chunk) const {
+    const uint32_t c = static_cast<uint32_t>(chunk);
+    return shift >= 0 ? static_cast<int64_t>(c >> shift) : static_cast<int64_t>(c / chunks_per_block);
+  }
+};
+
+ChunkBlocks chunk_blocks(int block_size) {
+  ChunkBlocks b{static_cast<uint32_t>(block_size / kChunk), -1};
+  for (int k = 0; k < 31; ++k)
+    if ((uint32_t(1) << k) == b.chunks_per_block) b.shift = k;
+  return b;
+}
+
 __device__ __forceinline__ uint32_t pack_bf16x2(float lo_elem, float hi_elem) {
   // .x (the lower address, the even element) is the low half of the 32-bit word.
   __nv_bfloat162 p = __floats2bfloat162_rn(lo_elem, hi_elem);
@@ -90,7 +110,7 @@ __device__ __forceinline__ uint32_t pack_4bit_pair(uint32_t w, int byte_index, c
 // by the launcher).
 __global__ void __launch_bounds__(kThreads) dequant_4bit_bf16(bf16* __restrict__ out,
                                                                  const uint8_t* __restrict__ codes, Scales s,
-                                                                 CodeBook book, int64_t chunks, int block_size) {
+                                                                 CodeBook book, int64_t chunks, ChunkBlocks blocks) {
   __shared__ float table[16];
   load_table(table, book);
   const int64_t warp = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / kWarp;
@@ -100,8 +120,8 @@ __global__ void __launch_bounds__(kThreads) dequant_4bit_bf16(bf16* __restrict__
   // Both chunks' loads are issued before either is used, to keep two requests in flight.
   const uint32_t w0 = __ldg(reinterpret_cast<const uint32_t*>(codes) + c0);
   const uint32_t w1 = second ? __ldg(reinterpret_cast<const uint32_t*>(codes) + c1) : 0u;
-  const float scale0 = block_absmax(s, c0 * kChunk / block_size);
-  const float scale1 = second ? block_absmax(s, c1 * kChunk / block_size) : 0.0f;
+  const float scale0 = block_absmax(s, blocks.of(c0));
+  const float scale1 = second ? block_absmax(s, blocks.of(c1)) : 0.0f;
   uint4* dst = reinterpret_cast<uint4*>(out);
   dst[c0] = make_uint4(pack_4bit_pair(w0, 0, table, scale0), pack_4bit_pair(w0, 1, table, scale0),
                        pack_4bit_pair(w0, 2, table, scale0), pack_4bit_pair(w0, 3, table, scale0));
@@ -127,15 +147,15 @@ __device__ __forceinline__ uint4 int8_chunk(uint2 q, float step) {
 // int8: chunk c is 8 codes (one 8-byte load) -> one 16-byte store; codes 8-byte aligned.
 __global__ void __launch_bounds__(kThreads) dequant_int8_bf16(bf16* __restrict__ out,
                                                                  const uint8_t* __restrict__ codes, Scales s,
-                                                                 int64_t chunks, int block_size) {
+                                                                 int64_t chunks, ChunkBlocks blocks) {
   const int64_t warp = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / kWarp;
   const int64_t c0 = warp * kChunksPerWarp + threadIdx.x % kWarp, c1 = c0 + kWarp;
   if (c0 >= chunks) return;
   const bool second = c1 < chunks;
   const uint2 q0 = __ldg(reinterpret_cast<const uint2*>(codes) + c0);
   const uint2 q1 = second ? __ldg(reinterpret_cast<const uint2*>(codes) + c1) : make_uint2(0u, 0u);
-  const float step0 = __fdiv_rn(block_absmax(s, c0 * kChunk / block_size), 127.0f);
-  const float step1 = second ? __fdiv_rn(block_absmax(s, c1 * kChunk / block_size), 127.0f) : 0.0f;
+  const float step0 = __fdiv_rn(block_absmax(s, blocks.of(c0)), 127.0f);
+  const float step1 = second ? __fdiv_rn(block_absmax(s, blocks.of(c1)), 127.0f) : 0.0f;
   uint4* dst = reinterpret_cast<uint4*>(out);
   dst[c0] = int8_chunk(q0, step0);
   if (second) dst[c1] = int8_chunk(q1, step1);
@@ -143,9 +163,9 @@ __global__ void __launch_bounds__(kThreads) dequant_int8_bf16(bf16* __restrict__
 
 // One element per thread over [begin, n): the tail after the vector kernels, and every
 // element when the block size is not a multiple of 8 or a pointer is misaligned.
-__global__ void __launch_bounds__(kThreads) dequant_bf16_scalar(bf16* __restrict__ out, const uint8_t* __restrict__ codes,
-                                                           Scales s, CodeBook book, bool four_bit, int64_t begin,
-                                                           int64_t n, int block_size) {
+__global__ void __launch_bounds__(kThreads)
+    dequant_bf16_scalar(bf16* __restrict__ out, const uint8_t* __restrict__ codes, Scales s, CodeBook book,
+                        bool four_bit, int64_t begin, int64_t n, int block_size) {
   __shared__ float table[16];
   load_table(table, book);
   const int64_t i = begin + static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
@@ -276,18 +296,18 @@ void dequantize_to_bf16(bf16* out, const DeviceQuantMatrix& m, cudaStream_t stre
 
   int64_t done = 0;
   const bool vector_ok = m.block_size % kChunk == 0 && aligned(out, 16) &&
-                         aligned(m.codes.data(), four_bit ? 4 : 8);
+                         aligned(m.codes.data(), four_bit ? 4 : 8) && n / kChunk <= int64_t(0xFFFFFFFFu);
   if (vector_ok) {
     const int64_t chunks = n / kChunk;
     if (chunks > 0) {
       const int64_t grid = ceil_div(chunks, kChunksPerWarp * (kThreads / kWarp));
       if (four_bit) {
-        dequant_4bit_bf16<<<static_cast<unsigned>(grid), kThreads, 0, stream>>>(out, m.codes.data(), s, book,
-                                                                                    chunks, m.block_size);
+        dequant_4bit_bf16<<<static_cast<unsigned>(grid), kThreads, 0, stream>>>(out, m.codes.data(), s, book, chunks,
+                                                                                chunk_blocks(m.block_size));
         LORA_CUDA_LAUNCH_CHECK("dequant_4bit_bf16");
       } else {
         dequant_int8_bf16<<<static_cast<unsigned>(grid), kThreads, 0, stream>>>(out, m.codes.data(), s, chunks,
-                                                                                    m.block_size);
+                                                                                 chunk_blocks(m.block_size));
         LORA_CUDA_LAUNCH_CHECK("dequant_int8_bf16");
       }
     }
@@ -295,15 +315,16 @@ void dequantize_to_bf16(bf16* out, const DeviceQuantMatrix& m, cudaStream_t stre
   }
   if (done < n) {
     const int64_t grid = ceil_div(n - done, kThreads);
-    dequant_bf16_scalar<<<static_cast<unsigned>(grid), kThreads, 0, stream>>>(out, m.codes.data(), s, book, four_bit,
-                                                                          done, n, m.block_size);
+    dequant_bf16_scalar<<<static_cast<unsigned>(grid), kThreads, 0, stream>>>(out, m.codes.data(), s, book,
+                                                                              four_bit, done, n, m.block_size);
     LORA_CUDA_LAUNCH_CHECK("dequant_bf16_scalar");
   }
 }
 
 const bf16* weight_view(const DeviceQuantMatrix& m, bf16* scratch, cudaStream_t stream) {
   if (m.type == QuantType::None) return m.values.data();
-  if (!scratch && m.rows * m.cols > 0) throw std::invalid_argument("weight_view: scratch is null for a quantized matrix");
+  if (!scratch && m.rows * m.cols > 0)
+    throw std::invalid_argument("weight_view: scratch is null for a quantized matrix");
   dequantize_to_bf16(scratch, m, stream);
   return scratch;
 }

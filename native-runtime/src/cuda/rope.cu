@@ -32,9 +32,9 @@ __device__ __forceinline__ void angle_sin_cos(int32_t p, float f, float sign, fl
 
 // Two pairs per thread: half = D/2 even, x 4-byte aligned, so (i, i+1) and (i+half, i+half+1)
 // are bf16x2 words.
-__global__ void __launch_bounds__(kPairThreads * kHeadThreads) rope_x2_kernel(bf16* __restrict__ x, const int32_t* __restrict__ pos,
-                                                           const float* __restrict__ inv_freq, int64_t H, int64_t D,
-                                                           float sign) {
+__global__ void __launch_bounds__(kPairThreads* kHeadThreads)
+    rope_x2_kernel(bf16* __restrict__ x, const int32_t* __restrict__ pos, const float* __restrict__ inv_freq, int64_t H,
+                   int64_t D, float sign) {
   const int64_t t = blockIdx.x;
   const int64_t half = D / 2;
   const int32_t p = pos[t];
@@ -58,9 +58,9 @@ __global__ void __launch_bounds__(kPairThreads * kHeadThreads) rope_x2_kernel(bf
 }
 
 // One pair per thread, any D (odd half, misaligned x).
-__global__ void __launch_bounds__(kPairThreads * kHeadThreads) rope_x1_kernel(bf16* __restrict__ x, const int32_t* __restrict__ pos,
-                                                           const float* __restrict__ inv_freq, int64_t H, int64_t D,
-                                                           float sign) {
+__global__ void __launch_bounds__(kPairThreads* kHeadThreads)
+    rope_x1_kernel(bf16* __restrict__ x, const int32_t* __restrict__ pos, const float* __restrict__ inv_freq, int64_t H,
+                   int64_t D, float sign) {
   const int64_t t = blockIdx.x;
   const int64_t half = D / 2;
   const int32_t p = pos[t];

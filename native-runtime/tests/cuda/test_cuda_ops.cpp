@@ -127,8 +127,8 @@ void check_bits(const std::string& what, const std::vector<uint16_t>& gpu, const
     std::ostringstream os;
     os.precision(9);
     os << what << ": " << bad << " of " << gpu.size() << " bf16 values differ; first at " << first << ": gpu "
-       << bf16_bits_to_f32(gpu[first]) << " cpu " << cpu[first] << " (bf16 " << bf16_bits_to_f32(f32_to_bf16_bits(cpu[first]))
-       << ")";
+       << bf16_bits_to_f32(gpu[first]) << " cpu " << cpu[first] << " (bf16 "
+       << bf16_bits_to_f32(f32_to_bf16_bits(cpu[first])) << ")";
     record_failure(__FILE__, __LINE__, os.str());
   }
 }
@@ -182,7 +182,8 @@ TEST(cuda_ops_reject_bad_arguments_before_touching_the_gpu) {
   CHECK(throws_invalid_argument([&] { cu::dropout_backward_add(nf, nf, 8, std::nanf(""), 1, nullptr); }));
   CHECK(throws_invalid_argument([&] { cu::swiglu_forward(nb, nb, nb, -1, nullptr); }));
   CHECK(throws_invalid_argument([&] { cu::gelu_backward(nb, nb, nb, 5, nullptr); }));  // null pointers
-  CHECK(throws_invalid_argument([&] { cu::adamw_update(nf, nf, nf, nf, 4, 1e-3f, 0.9f, 0.999f, 1e-8f, 0.f, 0, nullptr); }));
+  CHECK(throws_invalid_argument(
+      [&] { cu::adamw_update(nf, nf, nf, nf, 4, 1e-3f, 0.9f, 0.999f, 1e-8f, 0.f, /*step=*/0, nullptr); }));
   CHECK(throws_invalid_argument([&] { (void)cu::sum_squares(nf, -2, nullptr); }));
   CHECK(throws_invalid_argument([&] { cu::gather_rows_bf16(nb, nb, nullptr, -1, 4, nullptr); }));
   CHECK(throws_invalid_argument([&] { cu::embedding_forward(nf, nullptr, nb, nullptr, nullptr, 2, 8, nullptr); }));
