@@ -108,9 +108,9 @@ __device__ __forceinline__ uint32_t pack_4bit_pair(uint32_t w, int byte_index, c
 // 4-bit: chunk c covers elements [8 c, 8 c + 8), inside one quantization block because
 // block_size is a multiple of 8. Needs codes 4-byte aligned and out 16-byte aligned (checked
 // by the launcher).
-__global__ void __launch_bounds__(kThreads) dequant_4bit_bf16(bf16* __restrict__ out,
-                                                                 const uint8_t* __restrict__ codes, Scales s,
-                                                                 CodeBook book, int64_t chunks, ChunkBlocks blocks) {
+__global__ void __launch_bounds__(kThreads) dequant_4bit_bf16(bf16* __restrict__ out, const uint8_t* __restrict__ codes,
+                                                             Scales s, CodeBook book, int64_t chunks,
+                                                             ChunkBlocks blocks) {
   __shared__ float table[16];
   load_table(table, book);
   const int64_t warp = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / kWarp;
@@ -145,9 +145,8 @@ __device__ __forceinline__ uint4 int8_chunk(uint2 q, float step) {
 }
 
 // int8: chunk c is 8 codes (one 8-byte load) -> one 16-byte store; codes 8-byte aligned.
-__global__ void __launch_bounds__(kThreads) dequant_int8_bf16(bf16* __restrict__ out,
-                                                                 const uint8_t* __restrict__ codes, Scales s,
-                                                                 int64_t chunks, ChunkBlocks blocks) {
+__global__ void __launch_bounds__(kThreads) dequant_int8_bf16(bf16* __restrict__ out, const uint8_t* __restrict__ codes,
+                                                             Scales s, int64_t chunks, ChunkBlocks blocks) {
   const int64_t warp = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / kWarp;
   const int64_t c0 = warp * kChunksPerWarp + threadIdx.x % kWarp, c1 = c0 + kWarp;
   if (c0 >= chunks) return;

@@ -15,7 +15,7 @@ namespace {
 constexpr int kPairThreads = 32;  // D/2 = 64 for most models: 32 threads x 2 pairs
 constexpr int kHeadThreads = 4;
 
-// sign = +1 forward, -1 backward (a rotation's transpose is the opposite rotation).
+// (a, b) <- (a c - b s, b c + a s), the CPU's expressions.
 __device__ __forceinline__ void rotate(float& a, float& b, float c, float s) {
   const float ra = a * c - b * s;
   const float rb = b * c + a * s;
@@ -23,6 +23,7 @@ __device__ __forceinline__ void rotate(float& a, float& b, float c, float s) {
   b = rb;
 }
 
+// sign = +1 forward, -1 backward (a rotation's transpose is the opposite rotation).
 __device__ __forceinline__ void angle_sin_cos(int32_t p, float f, float sign, float& c, float& s) {
   // Full-range sincosf (not the __sincosf intrinsic): positions reach 10^5, where the fast
   // version's range reduction is far off.
