@@ -93,6 +93,16 @@ __device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4],
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
+// 16 bytes global -> shared without a register round trip (sm_80+); with valid false the
+// destination is zero-filled and nothing is read.
+__device__ __forceinline__ void cp_async_16(void* dst, const void* src, bool valid) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(dst)), "l"(src), "r"(valid ? 16 : 0)
+               : "memory");
+}
+// Waits for every cp.async this thread issued; a __syncthreads must follow before other
+// threads read the data.
+__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
+
 __device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
   __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);  // .x (lo) is the low half
   return *reinterpret_cast<uint32_t*>(&v);
@@ -113,17 +123,17 @@ __device__ __forceinline__ const bf16* cols_then_rows(const bf16* base, int ld, 
   return base + ((lane & 7) + ((lane >> 4) << 3)) * ld + ((lane >> 3) & 1) * 8;
 }
 
-// Rows [0, NR) of a tile: row r is token t0 + r of one head, read from `src` (its first
-// row) with `stride` elements between tokens. Rows >= n_valid and columns >= D are zeros,
-// so padded products contribute exactly nothing (uninitialised memory could hold NaNs).
+// Starts the copy of rows [0, NR) of a tile: row r is token t0 + r of one head, read from
+// `src` (its first row, n_valid >= 1) with `stride` elements between tokens. Rows >= n_valid
+// and columns >= D are zeros, so padded products contribute exactly nothing (uninitialised
+// memory could hold NaNs). Complete with cp_async_wait_all() and a barrier.
 template <int DP, int NR>
 __device__ __forceinline__ void load_tile(bf16* dst, const bf16* src, int64_t stride, int n_valid, int D) {
   constexpr int kChunks = DP / 8;  // 16-byte chunks per row
   for (int c = threadIdx.x; c < NR * kChunks; c += kThreads) {
     const int r = c / kChunks, col = (c % kChunks) * 8;
-    uint4 val = make_uint4(0u, 0u, 0u, 0u);
-    if (r < n_valid && col < D) val = *reinterpret_cast<const uint4*>(src + r * stride + col);
-    *reinterpret_cast<uint4*>(dst + r * (DP + 8) + col) = val;
+    const bool valid = r < n_valid && col < D;
+    cp_async_16(dst + r * (DP + 8) + col, valid ? src + r * stride + col : src, valid);
   }
 }
 
@@ -173,6 +183,7 @@ __global__ void __launch_bounds__(kThreads)
     __syncthreads();  // every warp is done with the previous tile
     load_tile<DP, BK>(k_s, k + ((tok0 + k0) * Hkv + hk) * D, kv_stride, k_valid, D);
     load_tile<DP, BK>(v_s, v + ((tok0 + k0) * Hkv + hk) * D, kv_stride, k_valid, D);
+    cp_async_wait_all();  // (the first time, the Q tile too)
     __syncthreads();
 
     // s: this warp's 16 queries x BK keys.
@@ -387,6 +398,7 @@ __global__ void __launch_bounds__(kThreads)
       delta_s[i] = ok ? delta_h[q0 + i] : 0.f;
       dsq_s[i] = ok ? ds_row[q0 + i] : INT_MAX;  // a padded query sees no key
     }
+    cp_async_wait_all();  // (the first time, the K and V tiles too)
     __syncthreads();
 
     // S^T and dP^T for this warp's 16 keys x B queries: K_slab Q^T and V_slab dO^T.
