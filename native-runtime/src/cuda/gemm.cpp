@@ -292,6 +292,7 @@ struct Backend {
 Backend& backend() {
   static Backend* b = [] {
     auto* be = new Backend();
+    size_t version = 0;
     const std::string forced = env_or_empty("LORA_GEMM");
     if (forced == "builtin") {
       be->description = "builtin wmma (LORA_GEMM=builtin)";
@@ -319,11 +320,15 @@ Backend& backend() {
                             std::to_string(st) + ")";
         } else {
           be->lt = true;
-          be->description = "cublasLt (" + lib.path + ", version " + std::to_string(a.get_version()) + ")";
+          be->description = "cublasLt (" + lib.path + ")";
+          version = a.get_version();
         }
       }
     }
-    std::fprintf(stderr, "lora-runtime: GEMM backend: %s\n", be->description.c_str());
+    if (version)
+      std::fprintf(stderr, "lora-runtime: GEMM backend: %s, version %zu\n", be->description.c_str(), version);
+    else
+      std::fprintf(stderr, "lora-runtime: GEMM backend: %s\n", be->description.c_str());
     return be;
   }();
   return *b;

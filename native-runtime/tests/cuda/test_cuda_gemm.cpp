@@ -21,39 +21,17 @@
 #include "cuda/cublaslt_loader.hpp"
 #include "cuda/gemm.hpp"
 #include "cuda_test_util.hpp"
-#include "gradcheck.hpp"
+#include "gemm_check.hpp"
 #include "temp_dir.hpp"
 #include "test.hpp"
 
 using lora::cuda::GemmArgs;
 using lora::cuda::GemmType;
 using lora::cuda::bf16;
-using lora_test::bf16_bits_to_f32;
-using lora_test::f32_to_bf16_bits;
+using lora_test::GemmCase;
+using lora_test::GemmProblem;
 
 namespace {
-
-constexpr uint16_t kBf16NaN = 0x7fc0;
-constexpr float kSentinel = 768.0f;  // exact in bf16
-
-struct GemmCase {
-  bool ta = false, tb = false;
-  int64_t M = 0, N = 0, K = 0;
-  int64_t pad_a = 0, pad_b = 0, pad_c = 0;  // extra elements per stored row
-  int64_t offset = 0;                      // elements before each matrix's first element
-  float alpha = 1.f, beta = 0.f;
-  GemmType c_type = GemmType::BF16;
-};
-
-std::string describe(const GemmCase& c) {
-  char buf[256];
-  std::snprintf(buf, sizeof buf, "M=%lld N=%lld K=%lld%s%s pads=%lld/%lld/%lld offset=%lld alpha=%g beta=%g C=%s",
-                static_cast<long long>(c.M), static_cast<long long>(c.N), static_cast<long long>(c.K),
-                c.ta ? " A^T" : "", c.tb ? " B^T" : "", static_cast<long long>(c.pad_a),
-                static_cast<long long>(c.pad_b), static_cast<long long>(c.pad_c), static_cast<long long>(c.offset),
-                c.alpha, c.beta, c.c_type == GemmType::F32 ? "f32" : "bf16");
-  return buf;
-}
 
 lora::cuda::DeviceArray<bf16> upload_bits(const std::vector<uint16_t>& bits) {
   lora::cuda::DeviceArray<bf16> d(bits.size());
@@ -61,183 +39,38 @@ lora::cuda::DeviceArray<bf16> upload_bits(const std::vector<uint16_t>& bits) {
   return d;
 }
 
-// A stored matrix of rows x cols (row stride cols + pad, `offset` elements in front), values
-// uniform in [-1, 1] rounded to bf16; `logical` gets the values, padding is NaN.
-std::vector<uint16_t> make_operand(int64_t rows, int64_t cols, int64_t pad, int64_t offset, uint32_t seed,
-                                   std::vector<float>* logical) {
-  const int64_t ld = cols + pad;
-  std::vector<uint16_t> bits(static_cast<size_t>(offset + rows * ld), kBf16NaN);
-  *logical = lora_test::random_vec(rows * cols, seed);
-  lora_test::round_to_bf16(*logical);
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t c = 0; c < cols; ++c) bits[offset + r * ld + c] = f32_to_bf16_bits((*logical)[r * cols + c]);
-  return bits;
-}
-
-// Runs one case through `run` and compares with the double-precision product.
-//
-// Tolerance, per element: the inputs are exact bf16 values, so every product a*b is exact
-// in fp32 and the only error before the output is the fp32 accumulation. K additions (plus
-// the alpha and beta terms) each add at most one rounding of the running sum, bounded by
-// (K + 2) u sum_k |a_k b_k| with u = 2^-24 for round-to-nearest; tensor cores may truncate
-// rather than round inside the accumulation, and cuBLASLt may split K, so u is taken as
-// 2^-22 (4x). A bf16 C adds one final rounding, at most 2^-9 of the value (taken as 2^-8).
-// A wrong index, a lost or doubled K slice, or a stale shared tile moves an element by
-// about one product |a_k b_k|, which is ~sum/K: well above the 2^-22 K term for any K here.
+// Runs one case on the device through `run` and checks C (gemm_check.hpp).
 void check_case(const GemmCase& c, const std::function<void(const GemmArgs&)>& run, const char* backend) {
-  const int64_t a_rows = c.ta ? c.K : c.M, a_cols = c.ta ? c.M : c.K;
-  const int64_t b_rows = c.tb ? c.N : c.K, b_cols = c.tb ? c.K : c.N;
-  const int64_t lda = a_cols + c.pad_a, ldb = b_cols + c.pad_b, ldc = c.N + c.pad_c;
-  const uint32_t seed = static_cast<uint32_t>(c.M * 7919 + c.N * 104729 + c.K * 31 + c.ta * 2 + c.tb);
-  std::vector<float> a, b;
-  const auto a_bits = make_operand(a_rows, a_cols, c.pad_a, c.offset, seed, &a);
-  const auto b_bits = make_operand(b_rows, b_cols, c.pad_b, c.offset, seed + 1, &b);
-
-  // C: the interior holds random values when beta != 0 and NaN when beta == 0 (which must
-  // not be read); padding and the elements in front hold the sentinel.
-  std::vector<float> c0 = lora_test::random_vec(c.M * c.N, seed + 2);
-  lora_test::round_to_bf16(c0);
-  const size_t c_elems = static_cast<size_t>(c.offset + c.M * ldc);
-  auto c_value = [&](int64_t m, int64_t n) {
-    return c.beta != 0.f ? c0[m * c.N + n] : std::numeric_limits<float>::quiet_NaN();
-  };
-  auto is_inside = [&](size_t i, int64_t* m, int64_t* n) {
-    if (i < static_cast<size_t>(c.offset)) return false;
-    const int64_t j = static_cast<int64_t>(i) - c.offset;
-    *m = j / ldc;
-    *n = j % ldc;
-    return *n < c.N;
-  };
-
-  const bool f32 = c.c_type == GemmType::F32;
+  GemmProblem p = lora_test::make_gemm_problem(c);
+  const auto dA = upload_bits(p.a_bits);
+  const auto dB = upload_bits(p.b_bits);
   lora::cuda::DeviceArray<float> c_f32;
   lora::cuda::DeviceArray<bf16> c_bf16;
-  if (f32) {
-    std::vector<float> host(c_elems, kSentinel);
-    for (size_t i = 0; i < c_elems; ++i) {
-      int64_t m, n;
-      if (is_inside(i, &m, &n)) host[i] = c_value(m, n);
-    }
-    c_f32 = lora_test::to_device(host);
+  void* c_base = nullptr;
+  if (p.f32()) {
+    c_f32 = lora_test::to_device(p.c_f32);
+    c_base = c_f32.data();
   } else {
-    std::vector<uint16_t> host(c_elems, f32_to_bf16_bits(kSentinel));
-    for (size_t i = 0; i < c_elems; ++i) {
-      int64_t m, n;
-      if (is_inside(i, &m, &n)) host[i] = f32_to_bf16_bits(c_value(m, n));
-    }
-    c_bf16 = upload_bits(host);
+    c_bf16 = upload_bits(p.c_bf16);
+    c_base = c_bf16.data();
   }
-  const auto dA = upload_bits(a_bits);
-  const auto dB = upload_bits(b_bits);
-
-  GemmArgs args;
-  args.trans_a = c.ta;
-  args.trans_b = c.tb;
-  args.M = c.M;
-  args.N = c.N;
-  args.K = c.K;
-  args.alpha = c.alpha;
-  args.beta = c.beta;
-  args.A = dA.data() + c.offset;
-  args.lda = lda;
-  args.B = dB.data() + c.offset;
-  args.ldb = ldb;
-  args.C = f32 ? static_cast<void*>(c_f32.data() + c.offset) : static_cast<void*>(c_bf16.data() + c.offset);
-  args.ldc = ldc;
-  args.c_type = c.c_type;
-  run(args);
+  run(lora_test::gemm_args_for(p, dA.data(), dB.data(), c_base));
   LORA_CUDA_CHECK(cudaDeviceSynchronize());
-
-  std::vector<float> out(c_elems);
-  if (f32) {
-    out = lora_test::to_host(c_f32);
-  } else {
-    out = lora_test::to_host_f32(c_bf16);
-  }
-
-  // op(A) by rows and op(B) by columns, so each reference element is a contiguous dot.
-  std::vector<double> a_rows_k(static_cast<size_t>(c.M * c.K)), b_cols_k(static_cast<size_t>(c.N * c.K));
-  for (int64_t m = 0; m < c.M; ++m)
-    for (int64_t k = 0; k < c.K; ++k) a_rows_k[m * c.K + k] = c.ta ? a[k * c.M + m] : a[m * c.K + k];
-  for (int64_t n = 0; n < c.N; ++n)
-    for (int64_t k = 0; k < c.K; ++k) b_cols_k[n * c.K + k] = c.tb ? b[n * c.K + k] : b[k * c.N + n];
-
-  const double u = std::ldexp(1.0, -22);
-  const double out_round = f32 ? 0.0 : std::ldexp(1.0, -8);
-  double worst = 0;
-  std::string worst_at;
-  int64_t outside_changed = 0;
-  for (size_t i = 0; i < c_elems; ++i) {
-    int64_t m, n;
-    if (!is_inside(i, &m, &n)) {
-      if (out[i] != kSentinel) ++outside_changed;
-      continue;
-    }
-    double sum = 0, abs_sum = 0;
-    const double* ar = a_rows_k.data() + m * c.K;
-    const double* bc = b_cols_k.data() + n * c.K;
-    for (int64_t k = 0; k < c.K; ++k) {
-      const double p = ar[k] * bc[k];
-      sum += p;
-      abs_sum += std::fabs(p);
-    }
-    const double cterm = c.beta != 0.f ? double(c.beta) * c0[m * c.N + n] : 0.0;
-    const double ref = double(c.alpha) * sum + cterm;
-    const double tol =
-        u * double(c.K + 2) * (std::fabs(double(c.alpha)) * abs_sum + std::fabs(cterm)) + out_round * std::fabs(ref) +
-        1e-30;
-    const double ratio = std::fabs(out[i] - ref) / tol;
-    if (!(ratio <= worst)) {
-      worst = std::isnan(ratio) ? 1e30 : ratio;
-      worst_at = "C[" + std::to_string(m) + "][" + std::to_string(n) + "] = " + std::to_string(out[i]) +
-                 ", reference " + std::to_string(ref);
-      if (std::isnan(ratio)) break;
-    }
-  }
-  if (worst > 1.0)
-    lora_test::record_failure(__FILE__, __LINE__,
-                              std::string(backend) + " " + describe(c) + ": worst error " + std::to_string(worst) +
-                                  "x the tolerance at " + worst_at);
-  if (outside_changed)
-    lora_test::record_failure(__FILE__, __LINE__,
-                              std::string(backend) + " " + describe(c) + ": " + std::to_string(outside_changed) +
-                                  " element(s) outside C were written");
+  if (p.f32())
+    p.c_f32 = lora_test::to_host(c_f32);
+  else
+    lora::cuda::copy_to_host(p.c_bf16.data(), c_bf16.data(), p.c_bf16.size() * 2);
+  lora_test::verify_gemm(p, backend);
 }
 
 // Sizes from the brief: 1, 7, 33, 129 and 1000 in every position, with exact tile multiples
-// (the 16-byte copy path throughout) and an M past 128 * 65535 elsewhere.
+// (the 16-byte copy path throughout).
 std::vector<GemmCase> standard_cases() {
-  const int64_t shapes[][3] = {
-      {1, 1, 1},     {1, 7, 33},      {7, 1, 129},     {33, 33, 7},    {129, 7, 1000},  {7, 129, 33},
-      {1000, 33, 129}, {33, 1000, 7}, {129, 129, 129}, {1, 1000, 1000}, {1000, 1, 1000}, {1000, 1000, 33},
-      {129, 1000, 1000}, {128, 128, 32}, {256, 256, 256}, {130, 200, 70}, {64, 64, 64},  {16, 4096, 16},
-  };
-  std::vector<GemmCase> cases;
-  int index = 0;
-  for (const auto& s : shapes) {
-    for (int t = 0; t < 4; ++t) {
-      for (int ct = 0; ct < 2; ++ct, ++index) {
-        GemmCase c;
-        c.M = s[0];
-        c.N = s[1];
-        c.K = s[2];
-        c.ta = t & 1;
-        c.tb = (t >> 1) & 1;
-        c.c_type = ct ? GemmType::F32 : GemmType::BF16;
-        c.alpha = index % 3 == 0 ? 1.f : index % 3 == 1 ? 0.5f : -2.f;
-        c.beta = index % 2 ? 1.f : 0.f;
-        // Strides: dense, wider by 3 (odd: no 16-byte copies), or wider by 8 (16-byte copies
-        // still allowed when the row is a multiple of 8).
-        const int64_t pads[] = {0, 3, 8};
-        c.pad_a = pads[index % 3];
-        c.pad_b = pads[(index / 3) % 3];
-        c.pad_c = pads[(index + 1) % 3];
-        c.offset = index % 5 == 4 ? 1 : 0;
-        cases.push_back(c);
-      }
-    }
-  }
-  return cases;
+  return lora_test::gemm_cases({
+      {1, 1, 1},        {1, 7, 33},     {7, 1, 129},     {33, 33, 7},     {129, 7, 1000},  {7, 129, 33},
+      {1000, 33, 129},  {33, 1000, 7},  {129, 129, 129}, {1, 1000, 1000}, {1000, 1, 1000}, {1000, 1000, 33},
+      {129, 1000, 1000}, {128, 128, 32}, {256, 256, 256}, {130, 200, 70},  {64, 64, 64},    {16, 4096, 16},
+  });
 }
 
 bool cublaslt_loaded() { return lora::cuda::gemm_backend().rfind("cublasLt", 0) == 0; }
