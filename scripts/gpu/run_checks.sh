@@ -64,8 +64,10 @@ finish() {
 }
 
 echo "run_checks: $(date -u +%FT%TZ) on $(hostname)"
+HAVE_GPU=0
 if command -v nvidia-smi >/dev/null 2>&1; then
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | sed 's/^/  GPU: /'
+  nvidia-smi -L >/dev/null 2>&1 && HAVE_GPU=1
 else
   echo "  GPU: nvidia-smi not found (the CUDA tests will skip and check d will be skipped)"
 fi
@@ -82,7 +84,7 @@ if [ "$SKIP_BUILD" -eq 0 ]; then
     echo "run_checks: building with $JOBS jobs (log: build.log)"
     cmake --build "$BUILD" -j "$JOBS" >"$LOGS/build.log" 2>&1
     brc=$?
-    grep -E "error|warning" "$LOGS/build.log" | head -40
+    grep -E "error:|warning:" "$LOGS/build.log" | head -40
     if [ "$brc" -eq 0 ]; then
       step build PASS "lora-runtime, runtime-tests for sm_$ARCH"
     else
@@ -94,7 +96,7 @@ if [ "$SKIP_BUILD" -eq 0 ]; then
     if cmake --build "$BUILD" -j "$JOBS" --target cuda-bench >"$LOGS/build-cuda-bench.log" 2>&1; then
       step build-cuda-bench PASS "$BUILD/cuda-bench"
     else
-      grep -E "error" "$LOGS/build-cuda-bench.log" | head -20
+      grep -E "error:|undefined reference" "$LOGS/build-cuda-bench.log" | head -20
       step build-cuda-bench FAIL "see build-cuda-bench.log"
     fi
   else
@@ -119,7 +121,12 @@ rc=$?
 # (with a GPU present nothing should skip: grep "skip - " runtime-tests.log).
 grep -E "^not ok|^    " "$LOGS/runtime-tests.log" | grep -v "^    skipped:" | head -80
 counts="$(tail -1 "$LOGS/runtime-tests.log")"
-if [ $rc -eq 0 ]; then
+skipped="$(grep -c "^skip - " "$LOGS/runtime-tests.log" || true)"
+if [ $rc -eq 0 ] && [ "$HAVE_GPU" -eq 1 ] && [ "${skipped:-0}" -gt 0 ]; then
+  # With a GPU listed by nvidia-smi, a skipped CUDA test means the runtime could not use it.
+  reason="$(grep -m1 "^    skipped:" "$LOGS/runtime-tests.log" | sed 's/^    skipped: //')"
+  step runtime-tests FAIL "$counts: tests skipped although nvidia-smi lists a GPU ($reason)"
+elif [ $rc -eq 0 ]; then
   step runtime-tests PASS "$counts"
 else
   step runtime-tests FAIL "$counts (exit $rc; see runtime-tests.log)"
