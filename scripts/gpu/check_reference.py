@@ -443,6 +443,10 @@ def check_c(runtime, work):
 # d ---------------------------------------------------------------------------------------------
 
 D_LOSS_RTOL = 2e-2
+D_DROP_RTOL = 0.15
+D_DROP_ATOL = 0.02
+D_MIN_DROP = 0.15
+D_GRAD_RTOL = 5e-2
 D_COSINE = 0.9
 
 
@@ -462,15 +466,20 @@ def adapter_delta(adapter):
 
 
 def check_d(runtime, work):
-    """bf16 compute on the GPU against fp32 on the CPU. bf16 keeps 8 bits of mantissa (relative
-    rounding 2^-9 ~ 2e-3 per operand); through two layers and a softmax over 256 classes the
-    loss moves by a few 1e-3 relative, so 2e-2 relative per step allows for that and for the
-    drift of 20 AdamW steps, while a wrong gradient (a missing term, a wrong scale, a
-    transposed LoRA factor) changes the loss curve by far more within a few steps at this
-    learning rate. The adapters are compared by what they do (eval loss, same tolerance) and by
-    the direction of their total update B A (cosine >= 0.9; AdamW's normalised steps turn tiny
-    gradient differences on near-zero gradients into O(lr) differences in single elements, so
-    elementwise closeness is not expected)."""
+    """bf16 compute on the GPU against fp32 on the CPU, on a run that learns: 8 documents seen
+    6 times each at lr 1e-2, so the loss falls by about half a nat in 20 steps (measured on the
+    CPU for `odd`). bf16 keeps 8 bits of mantissa (relative rounding 2^-9 ~ 2e-3 per operand);
+    through two layers and a softmax over 256 classes that moves a loss by a few 1e-3
+    relative and a gradient norm by about 1e-2, so the tolerances are: every step's loss within
+    2e-2 relative, every step's gradient norm within 5e-2 relative (AdamW hides a wrong
+    gradient scale from the losses, the norm does not), and the loss drop over the run within
+    15% of the CPU's plus 0.02 nats (two losses of ~5.5, each off by ~2e-3 relative; a sign or
+    transposition error stops the loss from falling; the CPU's drop must exceed 0.15 nats for
+    this to mean anything). The final adapters are compared by what
+    they do (eval loss on the training shard, 2e-2) and by the direction of their total update
+    B A (cosine >= 0.9; AdamW's normalised steps turn tiny gradient differences on near-zero
+    gradients into O(lr) differences in single elements, so elementwise closeness is not
+    expected)."""
     import torch
 
     cases = [("odd", "none"), ("odd", "nf4"), ("tiny-gpt2", "none")]
@@ -481,36 +490,45 @@ def check_d(runtime, work):
             vocab = make_model.PRESETS[preset]["vocab"]
             # Documents of mixed lengths: several per packed row, so per-document attention and
             # position restarts are exercised; partial rows leave padding.
-            docs = lstk.random_docs(48, 60, vocab, seed=11, min_length=3)
+            docs = lstk.random_docs(8, 60, vocab, seed=11, min_length=20) * 6
             losses = {}
+            norms = {}
             adapters = {}
             for device in ("cpu", "cuda:0"):
                 tag = "d-%s-%s-%s" % (preset, quant, device.replace(":", ""))
-                run_dir, steps, _ = train_run(runtime, work, tag, m, preset, device, quant=quant, steps=20, lr=2e-3,
+                run_dir, steps, _ = train_run(runtime, work, tag, m, preset, device, quant=quant, steps=20, lr=1e-2,
                                               docs=docs, seq_len=64, micro_batch=2, grad_accum=2)
-                losses[device] = [s["loss"] for s in steps]
+                losses[device] = [float("nan") if s.get("loss") is None else s["loss"] for s in steps]
+                norms[device] = [float("nan") if s.get("grad_norm") is None else s["grad_norm"] for s in steps]
                 adapters[device] = os.path.join(run_dir, "adapter")
-            cpu = [float("nan") if x is None else x for x in losses["cpu"]]
-            gpu = [float("nan") if x is None else x for x in losses["cuda:0"]]
+            cpu, gpu = losses["cpu"], losses["cuda:0"]
             if len(cpu) != len(gpu) or not cpu:
                 raise RuntimeError("step counts differ: cpu %d, cuda %d" % (len(cpu), len(gpu)))
-            rel = [abs(g - c) / abs(c) if math.isfinite(g) and math.isfinite(c) and c != 0 else float("inf")
-                   for c, g in zip(cpu, gpu)]
+
+            def rel(a, b):
+                return abs(a - b) / abs(b) if math.isfinite(a) and math.isfinite(b) and b != 0 else float("inf")
+
+            loss_rel = [rel(g, c) for c, g in zip(cpu, gpu)]
+            norm_rel = [rel(g, c) for c, g in zip(norms["cpu"], norms["cuda:0"])]
+            drop_cpu, drop_gpu = cpu[0] - cpu[-1], gpu[0] - gpu[-1]
+            drop_ok = abs(drop_gpu - drop_cpu) <= D_DROP_RTOL * abs(drop_cpu) + D_DROP_ATOL
             shard = os.path.join(work, "runs", "d-%s-%s-cpu" % (preset, quant), "data", "train.bin")
             ev = {}
             for device, a in adapters.items():
                 ev[device] = runtime_json(runtime, ["eval", "--model", m, "--adapter", a, "--data", shard,
                                                     "--quant", quant, "--seq-len", "64"])["loss"]
-            ev_rel = abs(ev["cuda:0"] - ev["cpu"]) / abs(ev["cpu"])
+            ev_rel = rel(ev["cuda:0"], ev["cpu"])
             da, db = adapter_delta(adapters["cpu"]), adapter_delta(adapters["cuda:0"])
             cos = float(torch.dot(da, db) / (da.norm() * db.norm() + 1e-300))
-            ok = max(rel) < D_LOSS_RTOL and ev_rel < D_LOSS_RTOL and cos >= D_COSINE
+            ok = (max(loss_rel) < D_LOSS_RTOL and max(norm_rel) < D_GRAD_RTOL and drop_cpu > D_MIN_DROP and
+                  drop_ok and ev_rel < D_LOSS_RTOL and cos >= D_COSINE)
             report("PASS" if ok else "FAIL", name,
-                   "per-step |loss_cuda - loss_cpu| / loss_cpu: max %.3g at step %d (tolerance %.0e; first %.4f vs "
-                   "%.4f, last %.4f vs %.4f); eval loss of the adapters %.5f (cuda) vs %.5f (cpu), rel %.3g; "
-                   "cosine of the B A updates %.4f (>= %.2f)" % (
-                       max(rel), rel.index(max(rel)) + 1, D_LOSS_RTOL, gpu[0], cpu[0], gpu[-1], cpu[-1], ev["cuda:0"],
-                       ev["cpu"], ev_rel, cos, D_COSINE))
+                   "loss rel diff max %.3g at step %d (< %.0e); grad-norm rel diff max %.3g at step %d (< %.0e); "
+                   "loss %.4f -> %.4f on cuda, %.4f -> %.4f on cpu (drops within %.2f x + %.2f: %s; cpu drop > %.2f); "
+                   "eval loss %.5f vs %.5f (rel %.3g); cosine of the B A updates %.4f (>= %.2f)" % (
+                       max(loss_rel), loss_rel.index(max(loss_rel)) + 1, D_LOSS_RTOL, max(norm_rel),
+                       norm_rel.index(max(norm_rel)) + 1, D_GRAD_RTOL, gpu[0], gpu[-1], cpu[0], cpu[-1], D_DROP_RTOL,
+                       D_DROP_ATOL, drop_ok, D_MIN_DROP, ev["cuda:0"], ev["cpu"], ev_rel, cos, D_COSINE))
         except Exception as e:  # noqa: BLE001
             traceback.print_exc()
             report("FAIL", name, "%s: %s" % (type(e).__name__, e))
