@@ -312,14 +312,18 @@ def main(argv=None):
     peak = peak_tflops(gpu, a.peak_tflops)
     runtime, bench = ensure_binaries(a.runtime, not a.skip_cuda_bench)
     version = subprocess.run([runtime, "--version"], stdout=subprocess.PIPE, text=True).stdout.strip()
-    smi = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version,clocks.max.sm",
-                          "--format=csv,noheader"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        smi = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version,clocks.max.sm",
+                              "--format=csv,noheader"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True).stdout.strip()
+    except OSError:
+        smi = ""
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
     path = os.path.join(ROOT, "bench", "results", "gpu-%s-%s.txt" % (date, slug(gpu)))
     tokens_per_step = a.micro_batch * a.seq_len
     header = [
         "LoRA Studio GPU benchmark, %s UTC" % datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
-        "GPU: %s (%s); peak dense bf16 %s TFLOP/s" % (gpu, smi.stdout.strip() or "nvidia-smi unavailable",
+        "GPU: %s (%s); peak dense bf16 %s TFLOP/s" % (gpu, smi or "nvidia-smi unavailable",
                                                     fmt(peak, "%.1f", "unknown (pass --peak-tflops)")),
         "lora-runtime: %s (%s); torch %s, transformers %s, peft %s" % (version, runtime, torch.__version__,
                                                                     transformers.__version__, peft.__version__),
@@ -410,6 +414,7 @@ def main(argv=None):
             r.update({"shape": shape, "run": "ours nf4 mb1"})
             res["ours nf4 mb1"] = r
             if r.get("ok"):
+                r["mfu"] = mfu(r["tokens_per_s"], preset, a.seq_len, peak)
                 report.add("8b nf4 1x%d: peak %.2f GiB, %.0f tokens/s" % (a.seq_len, r["peak_bytes"] / GIB,
                                                                          r["tokens_per_s"]), r)
             else:
