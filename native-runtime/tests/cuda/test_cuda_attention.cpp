@@ -47,17 +47,24 @@ std::string describe(const Shape& s) {
          " Hkv=" + std::to_string(s.Hkv) + " D=" + std::to_string(s.D);
 }
 
-// Row 0 is one document (plain causal); the other rows are cut into documents of random
-// lengths from 1 to max(2, T / 4), so boundaries fall inside query and key tiles.
+// Row 0 is one document (plain causal); row 2 (when present) has documents starting exactly
+// at tile boundaries (64, 128, 192) and one-token documents right after them; the other rows
+// are cut into documents of random lengths from 1 to max(2, T / 4), so boundaries fall
+// inside query and key tiles.
 std::vector<int32_t> make_doc_start(int64_t rows, int64_t T, std::mt19937& rng) {
   std::vector<int32_t> ds(static_cast<size_t>(rows * T));
   for (int64_t r = 0; r < rows; ++r) {
     std::uniform_int_distribution<int64_t> len(1, std::max<int64_t>(2, T / 4));
-    int64_t start = 0, next = r == 0 ? T : len(rng);
+    auto next_start = [&](int64_t t) {
+      if (r == 0) return T;
+      if (r == 2) return t % 64 == 0 ? t + 1 : (t / 64 + 1) * 64;
+      return t + len(rng);
+    };
+    int64_t start = 0, next = next_start(0);
     for (int64_t t = 0; t < T; ++t) {
       if (t == next) {
         start = t;
-        next = t + len(rng);
+        next = next_start(t);
       }
       ds[static_cast<size_t>(r * T + t)] = static_cast<int32_t>(start);
     }
@@ -198,10 +205,10 @@ TEST(cuda_attention_gqa_and_mha_across_lengths) {
   LORA_REQUIRE_GPU();
   uint32_t seed = 1;
   for (int64_t T : {1, 5, 64, 130, 300}) {
-    check_shape({2, T, 4, 1, 64}, seed++);   // GQA 4:1
-    check_shape({2, T, 2, 2, 128}, seed++);  // one KV head per query head
+    check_shape({3, T, 4, 1, 64}, seed++);   // GQA 4:1
+    check_shape({3, T, 2, 2, 128}, seed++);  // one KV head per query head
   }
-  for (int64_t T : {130, 300}) check_shape({2, T, 4, 2, 80}, seed++);  // GQA 2:1, D = 80
+  for (int64_t T : {130, 300}) check_shape({3, T, 4, 2, 80}, seed++);  // GQA 2:1, D = 80
 }
 
 // Every instantiation (padded dims 32 ... 256) and head dims that are multiples of 8 but
