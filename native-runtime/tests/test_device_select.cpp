@@ -361,6 +361,27 @@ TEST(train_auto_device_names_it_in_hello) {
 
 namespace {
 
+// Field accessors that record a failure instead of crashing when a field is missing.
+std::string str_at(const Json& j, const std::string& key) {
+  const Json* v = j.is_object() ? j.find(key) : nullptr;
+  if (v && v->is_string()) return v->as_string();
+  lora_test::record_failure(__FILE__, __LINE__, "no string field " + key + " in " + j.dump());
+  return {};
+}
+double num_at(const Json& j, const std::string& key) {
+  const Json* v = j.is_object() ? j.find(key) : nullptr;
+  if (v && v->is_number()) return v->as_number();
+  lora_test::record_failure(__FILE__, __LINE__, "no number field " + key + " in " + j.dump());
+  return -1;
+}
+const Json& obj_at(const Json& j, const std::string& key) {
+  static const Json empty = Json::object();
+  const Json* v = j.is_object() ? j.find(key) : nullptr;
+  if (v && v->is_object()) return *v;
+  lora_test::record_failure(__FILE__, __LINE__, "no object field " + key + " in " + j.dump());
+  return empty;
+}
+
 bool gpu_or_skip() {
   const DeviceChoice c = select_device("auto", {});
   if (!c.cuda) lora_test::skip(c.why_cpu + ": the GPU end-to-end tests need a GPU of compute capability 8.0+");
@@ -370,14 +391,14 @@ bool gpu_or_skip() {
 std::vector<double> step_losses(const std::vector<Json>& ev) {
   std::vector<double> out;
   for (const auto& e : ev)
-    if (e.find("type")->as_string() == "step") out.push_back(e.find("loss")->as_number());
+    if (str_at(e, "type") == "step") out.push_back(num_at(e, "loss"));
   return out;
 }
 
 const Json* last_of(const std::vector<Json>& ev, const std::string& type) {
   const Json* found = nullptr;
   for (const auto& e : ev)
-    if (e.find("type")->as_string() == type) found = &e;
+    if (str_at(e, "type") == type) found = &e;
   return found;
 }
 
@@ -389,16 +410,19 @@ int run_quietly(const std::string& run, bool resume) {
 
 }  // namespace
 
-// The same 6 steps on the GPU and on the CPU. The GPU multiplies bf16-rounded inputs
-// (relative error 2^-9 per operand) with fp32 accumulation over K <= 48 terms, so a logit
-// moves by ~1e-2 at most on this model and the mean token loss (ln 64 = 4.16 at the start)
-// by about as much; at lr 1e-3 the two trajectories stay within that. 0.03 absolute leaves
-// 3x headroom while a wrong gradient (sign, scale, missing module) moves the loss by 0.1+
-// within these steps.
+// The same 6 steps on the GPU and on the CPU: this checks the trainer's use of the CUDA
+// engine (step loop, clipping, schedule, eval, checkpoint and adapter downloads); the
+// kernels' gradients are checked op by op in tests/cuda. The GPU multiplies bf16-rounded
+// inputs (unit roundoff 2^-8 per operand) with fp32 accumulation over K <= 48 terms of size
+// ~0.2, so a logit moves by ~1e-2 on this model and the mean token loss (ln 64 = 4.16 at the
+// start) by about as much; AdamW's normalised updates keep the trajectories that close over
+// 6 steps. 0.05 absolute leaves headroom for that and is still far below what a lost update,
+// a missing micro-batch or a wrong loss normalisation (a factor 2 on the gradient's scale
+// before clipping, a step of the schedule off) does to these losses.
 TEST(gpu_training_run_matches_the_cpu_run) {
   if (!gpu_or_skip()) return;
   const std::string train =
-      "{\"seq_len\": 16, \"micro_batch\": 2, \"grad_accum\": 2, \"max_steps\": 6, \"lr\": 1e-3, \"warmup_steps\": 0, "
+      "{\"seq_len\": 16, \"micro_batch\": 2, \"grad_accum\": 2, \"max_steps\": 6, \"lr\": 1e-2, \"warmup_steps\": 0, "
       "\"eval_every\": 3, \"save_every\": 3}";
   const std::string gpu_run = make_run("gpurun", "{\"device\": \"cuda:0\", \"dtype\": \"fp16\"}", train, true);
   const std::string cpu_run = make_run("cpurun", "{\"device\": \"cpu\", \"threads\": 1}", train, true);
@@ -407,14 +431,14 @@ TEST(gpu_training_run_matches_the_cpu_run) {
   const std::vector<Json> g = read_events(gpu_run), c = read_events(cpu_run);
   CHECK(!g.empty());
   if (g.empty()) return;
-  const Json& dev = *g[0].find("device");
-  CHECK_EQ(dev.find("kind")->as_string(), std::string("cuda"));
-  CHECK_EQ(dev.find("index")->as_int(), int64_t(0));
-  CHECK(dev.find("compute_capability")->as_string().size() >= 3);
+  const Json& dev = obj_at(g[0], "device");
+  CHECK_EQ(str_at(dev, "kind"), std::string("cuda"));
+  CHECK_EQ(num_at(dev, "index"), 0.0);
+  CHECK(str_at(dev, "compute_capability").size() >= 3);
   bool gemm_logged = false, dtype_logged = false;
   for (const auto& e : g) {
-    if (e.find("type")->as_string() != "log") continue;
-    const std::string m = e.find("message")->as_string();
+    if (str_at(e, "type") != "log") continue;
+    const std::string m = str_at(e, "message");
     gemm_logged = gemm_logged || (contains(m, "training on cuda:0") && contains(m, "GEMM"));
     dtype_logged = dtype_logged || (contains(m, "compute.dtype fp16") && contains(m, "bf16"));
   }
@@ -423,21 +447,24 @@ TEST(gpu_training_run_matches_the_cpu_run) {
   const std::vector<double> lg = step_losses(g), lc = step_losses(c);
   CHECK_EQ(lg.size(), size_t(6));
   CHECK_EQ(lc.size(), size_t(6));
-  for (size_t i = 0; i < lg.size() && i < lc.size(); ++i) CHECK_NEAR(lg[i], lc[i], 0.03, 0.0);
+  for (size_t i = 0; i < lg.size() && i < lc.size(); ++i) CHECK_NEAR(lg[i], lc[i], 0.05, 0.0);
+  // The run must have trained, or the comparison says nothing.
+  if (lc.size() == 6) CHECK(lc[5] < lc[0] - 0.1);
   // step.mem on a GPU: the caching allocator's figures and the whole GPU's.
   const Json* step = last_of(g, "step");
   if (step) {
-    const Json& mem = *step->find("mem");
-    CHECK(mem.find("used")->as_int() > 0);
-    CHECK(mem.find("peak")->as_int() >= mem.find("used")->as_int());
-    CHECK(mem.find("device_total")->as_int() >= mem.find("device_used")->as_int());
-    CHECK(mem.find("device_total")->as_int() > (int64_t(1) << 30));
+    const Json& mem = obj_at(*step, "mem");
+    CHECK(num_at(mem, "used") > 0);
+    CHECK(num_at(mem, "peak") >= num_at(mem, "used"));
+    CHECK(num_at(mem, "device_total") >= num_at(mem, "device_used"));
+    CHECK(num_at(mem, "device_total") > double(1ull << 30));
   }
   const Json* ge = last_of(g, "eval");
   const Json* ce = last_of(c, "eval");
   CHECK(ge && ce);
-  if (ge && ce) CHECK_NEAR(ge->find("loss")->as_number(), ce->find("loss")->as_number(), 0.03, 0.0);
-  CHECK_EQ(last_of(g, "done")->find("status")->as_string(), std::string("completed"));
+  if (ge && ce) CHECK_NEAR(num_at(*ge, "loss"), num_at(*ce, "loss"), 0.05, 0.0);
+  const Json* gdone = last_of(g, "done");
+  CHECK(gdone && str_at(*gdone, "status") == "completed");
 
   // The adapter the GPU run wrote (downloaded from the device) scores on the CPU as the
   // run's last eval said.
@@ -448,11 +475,11 @@ TEST(gpu_training_run_matches_the_cpu_run) {
   o.seq_len = 16;
   o.device = "cpu";
   const EvalResult cpu_eval = run_eval(o);
-  if (ge) CHECK_NEAR(cpu_eval.loss, ge->find("loss")->as_number(), 0.03, 0.0);
+  if (ge) CHECK_NEAR(cpu_eval.loss, num_at(*ge, "loss"), 0.05, 0.0);
   o.device = "cuda:0";
   const EvalResult gpu_eval = run_eval(o);
   CHECK_EQ(gpu_eval.tokens, cpu_eval.tokens);
-  CHECK_NEAR(gpu_eval.loss, cpu_eval.loss, 0.03, 0.0);
+  CHECK_NEAR(gpu_eval.loss, cpu_eval.loss, 0.05, 0.0);
 }
 
 // A resume uploads the checkpoint's parameters and AdamW moments: step 4 after resuming from
@@ -504,11 +531,11 @@ TEST(gpu_early_stopping_reports_the_best_step) {
   double best = 1e30;
   int64_t best_step = -1;
   for (const auto& e : ev)
-    if (e.find("type")->as_string() == "eval" && e.find("loss")->as_number() < best) {
-      best = e.find("loss")->as_number();
-      best_step = e.find("step")->as_int();
+    if (str_at(e, "type") == "eval" && num_at(e, "loss") < best) {
+      best = num_at(e, "loss");
+      best_step = static_cast<int64_t>(num_at(e, "step"));
     }
-  CHECK_EQ(done->find("best_step")->as_int(), best_step);
+  CHECK_EQ(static_cast<int64_t>(num_at(*done, "best_step")), best_step);
   EvalOptions o;
   o.model = run + "/model";
   o.adapter = run + "/adapter";
