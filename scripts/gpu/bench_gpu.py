@@ -195,7 +195,12 @@ def peft_worker(spec):
     torch.cuda.reset_peak_memory_stats()
     major = int(transformers.__version__.split(".")[0])
     kw = {"dtype": torch.bfloat16} if major >= 5 else {"torch_dtype": torch.bfloat16}
-    model = AutoModelForCausalLM.from_pretrained(spec["model"], attn_implementation="sdpa", **kw).to("cuda")
+    try:
+        # Straight onto the GPU (accelerate's loader): an 8B model through host memory takes longer.
+        model = AutoModelForCausalLM.from_pretrained(spec["model"], attn_implementation="sdpa", device_map={"": 0},
+                                                     **kw)
+    except (ImportError, ValueError):
+        model = AutoModelForCausalLM.from_pretrained(spec["model"], attn_implementation="sdpa", **kw).to("cuda")
     model.config.use_cache = False
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     config = LoraConfig(r=RANK, lora_alpha=ALPHA, lora_dropout=0.0, target_modules=list(lstk.LLAMA_TARGETS),
