@@ -79,6 +79,19 @@ def runtime_cuda(runtime):
     return bool(v.get("cuda_built", v.get("cuda"))), bool(v.get("cuda"))
 
 
+_USAGE = {}
+
+
+def cpu_device_args(runtime, command):
+    """["--device", "cpu"] when `lora-runtime COMMAND` takes --device (its default, auto,
+    would pick the GPU where there is one): these reference numbers are the CPU's fp32."""
+    if runtime not in _USAGE:
+        r = subprocess.run([runtime, "--help"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        _USAGE[runtime] = r.stdout
+    section = re.search(r"lora-runtime %s (.*?)(?=\n\s*lora-runtime |\Z)" % re.escape(command), _USAGE[runtime], re.S)
+    return ["--device", "cpu"] if section and "--device" in section.group(1) else []
+
+
 def model_dir(work, preset, dtype="float32"):
     return make_model.make_model(preset, os.path.join(work, "models", "%s-%s" % (preset, dtype)), dtype=dtype,
                                  seed=0, device="cpu", log=lambda s: print("  " + s, flush=True))
@@ -88,6 +101,7 @@ def our_logits(runtime, model, tokens, adapter=None, quant="none"):
     import torch
 
     args = ["logits", "--model", model, "--tokens", ",".join(str(t) for t in tokens), "--quant", quant]
+    args += cpu_device_args(runtime, "logits")
     if adapter:
         args += ["--adapter", adapter]
     out = runtime_json(runtime, args)
@@ -516,7 +530,8 @@ def check_d(runtime, work):
             ev = {}
             for device, a in adapters.items():
                 ev[device] = runtime_json(runtime, ["eval", "--model", m, "--adapter", a, "--data", shard,
-                                                    "--quant", quant, "--seq-len", "64"])["loss"]
+                                                    "--quant", quant, "--seq-len", "64"] +
+                                          cpu_device_args(runtime, "eval"))["loss"]
             ev_rel = rel(ev["cuda:0"], ev["cpu"])
             da, db = adapter_delta(adapters["cpu"]), adapter_delta(adapters["cuda:0"])
             cos = float(torch.dot(da, db) / (da.norm() * db.norm() + 1e-300))
