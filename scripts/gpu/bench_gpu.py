@@ -255,8 +255,13 @@ def run_peft(model, vocab, micro_batch, seq_len, steps, warmup, timeout):
 
 
 def run_cuda_bench(bench, tokens, timeout):
-    r = subprocess.run([bench, "--tokens", str(tokens)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                       timeout=timeout)
+    try:
+        r = subprocess.run([bench, "--tokens", str(tokens)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as e:
+        out = e.stdout.decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
+        return [json.loads(l) for l in out.split("\n") if l.startswith("{")] + [
+            {"bench": "error", "message": "timed out after %.0f s" % timeout}]
     rows = []
     for line in r.stdout.split("\n"):
         if line.startswith("{"):
