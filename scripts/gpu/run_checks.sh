@@ -113,6 +113,10 @@ else
 fi
 [ "$BUILD_ONLY" -eq 1 ] && finish
 
+# What the runtime itself sees: whether it was built with CUDA and which GPUs it can use.
+echo "run_checks: $("$BUILD/lora-runtime" --version 2>&1)"
+echo "run_checks: devices $("$BUILD/lora-runtime" devices 2>&1)"
+
 # 2. C++ tests (CPU and CUDA) --------------------------------------------------------------------
 echo "run_checks: runtime-tests ${TEST_FILTER:+(filter $TEST_FILTER)}"
 "$BUILD/runtime-tests" ${TEST_FILTER:+"$TEST_FILTER"} >"$LOGS/runtime-tests.log" 2>&1
