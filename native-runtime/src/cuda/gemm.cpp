@@ -189,6 +189,32 @@ CublasLtLibrary load_cublaslt(const std::vector<std::string>& candidates) {
   return lib;
 }
 
+LtCall column_major_call(const GemmArgs& a) {
+  LtCall c;
+  c.m = a.N;
+  c.n = a.M;
+  c.k = a.K;
+  // Stored B is [K, N] (or [N, K] when trans_b): column-major [N, K] (or [K, N]); op(B)^T
+  // is [N, K], so it is taken as is (or transposed).
+  c.trans_a = a.trans_b;
+  c.A = a.B;
+  c.a_rows = a.trans_b ? a.K : a.N;
+  c.a_cols = a.trans_b ? a.N : a.K;
+  c.lda = a.ldb;
+  // Stored A is [M, K] (or [K, M] when trans_a): column-major [K, M] (or [M, K]); op(A)^T
+  // is [K, M].
+  c.trans_b = a.trans_a;
+  c.B = a.A;
+  c.b_rows = a.trans_a ? a.M : a.K;
+  c.b_cols = a.trans_a ? a.K : a.M;
+  c.ldb = a.lda;
+  c.C = a.C;
+  c.c_rows = a.N;
+  c.c_cols = a.M;
+  c.ldc = a.ldc;
+  return c;
+}
+
 // ---- the cuBLASLt API, as declared by cublasLt.h -------------------------------------------
 
 namespace {
@@ -349,30 +375,26 @@ void destroy_plan(const LtApi& api, Plan& p) {
   p = Plan{};
 }
 
-// Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T: cuBLASLt's "A" is our
-// stored B and its "B" our stored A, each read column-major (a row-major [r, c] matrix with
-// stride ld is a column-major [c, r] one with the same ld), and its m, n are our N, M.
-Plan make_plan(Backend& be, const PlanKey& k) {
+Plan make_plan(Backend& be, const PlanKey& k, const LtCall& call) {
   const LtApi& api = be.api;
   Plan p;
   bool ok = api.desc_create(&p.desc, kCublasCompute32F, CUDA_R_32F) == kCublasSuccess;
-  const int32_t op_a = k.trans_b ? kCublasOpT : kCublasOpN;
-  const int32_t op_b = k.trans_a ? kCublasOpT : kCublasOpN;
+  const int32_t op_a = call.trans_a ? kCublasOpT : kCublasOpN;
+  const int32_t op_b = call.trans_b ? kCublasOpT : kCublasOpN;
   ok = ok && api.desc_set(p.desc, kDescTransA, &op_a, sizeof op_a) == kCublasSuccess;
   ok = ok && api.desc_set(p.desc, kDescTransB, &op_b, sizeof op_b) == kCublasSuccess;
   const int c_type = k.c_type == GemmType::F32 ? CUDA_R_32F : CUDA_R_16BF;
-  ok = ok && api.layout_create(&p.layout_a, CUDA_R_16BF, k.trans_b ? k.K : k.N, k.trans_b ? k.N : k.K, k.ldb) ==
-                 kCublasSuccess;
-  ok = ok && api.layout_create(&p.layout_b, CUDA_R_16BF, k.trans_a ? k.M : k.K, k.trans_a ? k.K : k.M, k.lda) ==
-                 kCublasSuccess;
-  ok = ok && api.layout_create(&p.layout_c, c_type, k.N, k.M, k.ldc) == kCublasSuccess;
+  ok = ok && api.layout_create(&p.layout_a, CUDA_R_16BF, call.a_rows, call.a_cols, call.lda) == kCublasSuccess;
+  ok = ok && api.layout_create(&p.layout_b, CUDA_R_16BF, call.b_rows, call.b_cols, call.ldb) == kCublasSuccess;
+  ok = ok && api.layout_create(&p.layout_c, c_type, call.c_rows, call.c_cols, call.ldc) == kCublasSuccess;
   cublasLtMatmulPreference_t pref = nullptr;
   ok = ok && api.pref_create(&pref) == kCublasSuccess;
   if (ok) {
     const uint64_t ws = k.workspace ? kWorkspaceBytes : 0;
     // The heuristic assumes 256-byte aligned matrices unless told otherwise, and may pick
     // vectorised kernels that misread a view into the middle of a tensor.
-    const uint32_t al_a = k.align_b, al_b = k.align_a, al_c = k.align_c;
+    const uint32_t al_a = pointer_alignment(call.A), al_b = pointer_alignment(call.B),
+                   al_c = pointer_alignment(call.C);
     // A split-K product with a bf16 C may otherwise add its partial sums in bf16 (in place
     // or in an output-type workspace), losing the fp32 accumulation the contract promises.
     const uint32_t reduction = k.c_type == GemmType::BF16 ? kReductionComputeType : kReductionAll;
@@ -430,10 +452,11 @@ bool gemm_cublaslt(Backend& be, const GemmArgs& a, cudaStream_t stream, bool on_
                     // The one workspace belongs to the compute stream: a GEMM on another
                     // stream could run at the same time and share it.
                     on_compute_stream};
+  const LtCall call = column_major_call(a);
   std::lock_guard<std::mutex> lock(be.mu);
   auto it = be.plans.find(key);
   if (it == be.plans.end()) {
-    it = be.plans.emplace(key, make_plan(be, key)).first;
+    it = be.plans.emplace(key, make_plan(be, key, call)).first;
     if (!it->second.usable)
       std::fprintf(stderr, "lora-runtime: cuBLASLt has no algorithm for GEMM %s; using the built-in kernel for it\n",
                    shape_text(a).c_str());
@@ -442,8 +465,8 @@ bool gemm_cublaslt(Backend& be, const GemmArgs& a, cudaStream_t stream, bool on_
   if (!p.usable) return false;
   if (p.workspace_size > 0 && !be.workspace) be.workspace = device_alloc(kWorkspaceBytes);
   const cublasStatus_t st =
-      be.api.matmul(be.handle, p.desc, &a.alpha, a.B, p.layout_a, a.A, p.layout_b, &a.beta, a.C, p.layout_c, a.C,
-                    p.layout_c, &p.algo, p.workspace_size ? be.workspace : nullptr, p.workspace_size, stream);
+      be.api.matmul(be.handle, p.desc, &a.alpha, call.A, p.layout_a, call.B, p.layout_b, &a.beta, call.C, p.layout_c,
+                    call.C, p.layout_c, &p.algo, p.workspace_size ? be.workspace : nullptr, p.workspace_size, stream);
   if (st != kCublasSuccess) {
     std::fprintf(stderr, "lora-runtime: cublasLtMatmul failed with status %d for GEMM %s; using the built-in kernel for it\n",
                  st, shape_text(a).c_str());

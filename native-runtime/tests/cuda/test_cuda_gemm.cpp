@@ -7,6 +7,7 @@
 // checks and the cuBLASLt search list are host logic and run on every machine.
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -317,5 +318,80 @@ TEST(cuda_cublaslt_load_failures_are_explained) {
     CHECK(lib.handle == nullptr);
     CHECK(lib.reason.find("no libcublasLt found") != std::string::npos);
     CHECK(lib.reason.find("LORA_CUBLASLT") != std::string::npos);
+  }
+}
+
+// The column-major call gemm.cpp hands cuBLASLt, evaluated with cuBLASLt's documented
+// semantics (D = alpha op(A) op(B) + beta C, column-major, stride between columns), gives
+// the row-major product gemm.hpp promises, for every transpose and wide strides. Host only:
+// the arithmetic here is plain doubles on the host buffers the pointers name.
+TEST(cuda_cublaslt_call_is_the_row_major_product) {
+  const int64_t shapes[][3] = {{1, 1, 1}, {3, 5, 7}, {7, 3, 5}, {5, 7, 1}, {16, 9, 33}};
+  for (const auto& s : shapes) {
+    for (int t = 0; t < 4; ++t) {
+      const int64_t M = s[0], N = s[1], K = s[2];
+      const bool ta = t & 1, tb = (t >> 1) & 1;
+      const int64_t lda = (ta ? M : K) + 2, ldb = (tb ? K : N) + 1, ldc = N + 3;
+      const std::vector<float> a_store = lora_test::random_vec((ta ? K : M) * lda, 11 + t);
+      const std::vector<float> b_store = lora_test::random_vec((tb ? N : K) * ldb, 12 + t);
+      std::vector<float> c_store = lora_test::random_vec(M * ldc, 13 + t);
+      const float alpha = 0.75f, beta = -0.5f;
+
+      GemmArgs args;
+      args.trans_a = ta;
+      args.trans_b = tb;
+      args.M = M;
+      args.N = N;
+      args.K = K;
+      args.alpha = alpha;
+      args.beta = beta;
+      args.A = reinterpret_cast<const bf16*>(a_store.data());
+      args.lda = lda;
+      args.B = reinterpret_cast<const bf16*>(b_store.data());
+      args.ldb = ldb;
+      args.C = c_store.data();
+      args.ldc = ldc;
+      const lora::cuda::LtCall call = lora::cuda::column_major_call(args);
+
+      const std::string what = "M=" + std::to_string(M) + " N=" + std::to_string(N) + " K=" + std::to_string(K) +
+                               (ta ? " A^T" : "") + (tb ? " B^T" : "");
+      // Shapes as cuBLASLt checks them.
+      CHECK_EQ(call.trans_a ? call.a_cols : call.a_rows, call.m);
+      CHECK_EQ(call.trans_a ? call.a_rows : call.a_cols, call.k);
+      CHECK_EQ(call.trans_b ? call.b_cols : call.b_rows, call.k);
+      CHECK_EQ(call.trans_b ? call.b_rows : call.b_cols, call.n);
+      CHECK_EQ(call.c_rows, call.m);
+      CHECK_EQ(call.c_cols, call.n);
+      CHECK(call.lda >= call.a_rows && call.ldb >= call.b_rows && call.ldc >= call.c_rows);
+
+      const auto* A = static_cast<const float*>(call.A);
+      const auto* B = static_cast<const float*>(call.B);
+      auto* C = static_cast<float*>(call.C);
+      auto op_a = [&](int64_t i, int64_t l) { return call.trans_a ? A[l + i * call.lda] : A[i + l * call.lda]; };
+      auto op_b = [&](int64_t l, int64_t j) { return call.trans_b ? B[j + l * call.ldb] : B[l + j * call.ldb]; };
+      std::vector<double> d(static_cast<size_t>(call.m * call.n));
+      for (int64_t j = 0; j < call.n; ++j)
+        for (int64_t i = 0; i < call.m; ++i) {
+          double sum = 0;
+          for (int64_t l = 0; l < call.k; ++l) sum += double(op_a(i, l)) * op_b(l, j);
+          d[i + j * call.m] = alpha * sum + beta * double(C[i + j * call.ldc]);
+        }
+
+      // Row-major reference straight from gemm.hpp's definition.
+      double worst = 0;
+      for (int64_t m = 0; m < M; ++m)
+        for (int64_t n = 0; n < N; ++n) {
+          double sum = 0;
+          for (int64_t k = 0; k < K; ++k) {
+            const double av = ta ? a_store[k * lda + m] : a_store[m * lda + k];
+            const double bv = tb ? b_store[n * ldb + k] : b_store[k * ldb + n];
+            sum += av * bv;
+          }
+          const double ref = alpha * sum + beta * double(c_store[m * ldc + n]);
+          // cuBLASLt's D(i, j) with i = n, j = m is our C[m][n].
+          worst = std::max(worst, std::fabs(d[n + m * call.m] - ref));
+        }
+      if (!(worst < 1e-12)) lora_test::record_failure(__FILE__, __LINE__, what + ": differs by " + std::to_string(worst));
+    }
   }
 }
