@@ -22,6 +22,7 @@
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 
 #include "cuda/context.hpp"
 
@@ -550,12 +551,28 @@ int padded_head_dim(int64_t D) {
   return 256;
 }
 
+// Calls fn(std::integral_constant<int, DP>) for the instantiation that serves D.
+template <class Fn>
+void with_padded_head_dim(int64_t D, Fn&& fn) {
+  switch (padded_head_dim(D)) {
+    case 32: return fn(std::integral_constant<int, 32>{});
+    case 64: return fn(std::integral_constant<int, 64>{});
+    case 80: return fn(std::integral_constant<int, 80>{});
+    case 96: return fn(std::integral_constant<int, 96>{});
+    case 128: return fn(std::integral_constant<int, 128>{});
+    case 160: return fn(std::integral_constant<int, 160>{});
+    case 192: return fn(std::integral_constant<int, 192>{});
+    default: return fn(std::integral_constant<int, 256>{});
+  }
+}
+
 void check_args(int64_t rows, int64_t T, int64_t Hq, int64_t Hkv, int64_t D) {
   if (rows < 0) throw std::invalid_argument("attention: rows = " + std::to_string(rows) + " is negative");
   if (T < 0) throw std::invalid_argument("attention: T = " + std::to_string(T) + " is negative");
   if (Hq <= 0 || Hkv <= 0 || Hq % Hkv != 0)
-    throw std::invalid_argument("attention: Hq = " + std::to_string(Hq) + " query heads are not a positive multiple of Hkv = " +
-                                std::to_string(Hkv) + " key/value heads");
+    throw std::invalid_argument("attention: Hq = " + std::to_string(Hq) +
+                                " query heads are not a positive multiple of Hkv = " + std::to_string(Hkv) +
+                                " key/value heads");
   padded_head_dim(D);
   // Grid limits: heads in x (2^31 - 1), rows in y and tiles in z (65535 each); 32-bit ints
   // hold token indices within a row.
@@ -657,16 +674,9 @@ void attention_forward(bf16* out, float* lse, const bf16* q, const bf16* k, cons
   if (!lse) throw std::invalid_argument("attention: lse is null");
   if (!doc_start) throw std::invalid_argument("attention: doc_start is null");
   stream = resolve(stream);
-  switch (padded_head_dim(D)) {
-    case 32: return launch_forward<32>(out, lse, q, k, v, doc_start, rows, T, Hq, Hkv, D, stream);
-    case 64: return launch_forward<64>(out, lse, q, k, v, doc_start, rows, T, Hq, Hkv, D, stream);
-    case 80: return launch_forward<80>(out, lse, q, k, v, doc_start, rows, T, Hq, Hkv, D, stream);
-    case 96: return launch_forward<96>(out, lse, q, k, v, doc_start, rows, T, Hq, Hkv, D, stream);
-    case 128: return launch_forward<128>(out, lse, q, k, v, doc_start, rows, T, Hq, Hkv, D, stream);
-    case 160: return launch_forward<160>(out, lse, q, k, v, doc_start, rows, T, Hq, Hkv, D, stream);
-    case 192: return launch_forward<192>(out, lse, q, k, v, doc_start, rows, T, Hq, Hkv, D, stream);
-    default: return launch_forward<256>(out, lse, q, k, v, doc_start, rows, T, Hq, Hkv, D, stream);
-  }
+  with_padded_head_dim(D, [&](auto dp) {
+    launch_forward<decltype(dp)::value>(out, lse, q, k, v, doc_start, rows, T, Hq, Hkv, D, stream);
+  });
 }
 
 size_t attention_backward_workspace(int64_t rows, int64_t T, int64_t Hq, int64_t Hkv, int64_t D) {
@@ -712,16 +722,10 @@ void attention_backward(bf16* dq, bf16* dk, bf16* dv, const bf16* dout, const bf
                                                                           int(D));
   LORA_CUDA_LAUNCH_CHECK("attention_delta_kernel");
 
-  switch (padded_head_dim(D)) {
-    case 32: launch_backward<32>(dq_acc, dk, dv, dk_acc, dv_acc, dout, lse, delta, q, k, v, doc_start, rows, T, Hq, Hkv, D, stream); break;
-    case 64: launch_backward<64>(dq_acc, dk, dv, dk_acc, dv_acc, dout, lse, delta, q, k, v, doc_start, rows, T, Hq, Hkv, D, stream); break;
-    case 80: launch_backward<80>(dq_acc, dk, dv, dk_acc, dv_acc, dout, lse, delta, q, k, v, doc_start, rows, T, Hq, Hkv, D, stream); break;
-    case 96: launch_backward<96>(dq_acc, dk, dv, dk_acc, dv_acc, dout, lse, delta, q, k, v, doc_start, rows, T, Hq, Hkv, D, stream); break;
-    case 128: launch_backward<128>(dq_acc, dk, dv, dk_acc, dv_acc, dout, lse, delta, q, k, v, doc_start, rows, T, Hq, Hkv, D, stream); break;
-    case 160: launch_backward<160>(dq_acc, dk, dv, dk_acc, dv_acc, dout, lse, delta, q, k, v, doc_start, rows, T, Hq, Hkv, D, stream); break;
-    case 192: launch_backward<192>(dq_acc, dk, dv, dk_acc, dv_acc, dout, lse, delta, q, k, v, doc_start, rows, T, Hq, Hkv, D, stream); break;
-    default: launch_backward<256>(dq_acc, dk, dv, dk_acc, dv_acc, dout, lse, delta, q, k, v, doc_start, rows, T, Hq, Hkv, D, stream); break;
-  }
+  with_padded_head_dim(D, [&](auto dp) {
+    launch_backward<decltype(dp)::value>(dq_acc, dk, dv, dk_acc, dv_acc, dout, lse, delta, q, k, v, doc_start, rows,
+                                         T, Hq, Hkv, D, stream);
+  });
 
   convert(dq, dq_acc, q_elems, stream);
   if (dk_acc) {

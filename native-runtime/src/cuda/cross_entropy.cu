@@ -154,17 +154,16 @@ void cross_entropy_rows(float* loss, bf16* dlogits, const float* logits, const i
 }
 
 double lm_head_cross_entropy(const LmHeadArgs& args, LmHeadWorkspace* ws, cudaStream_t stream) {
-  const char* who = "lm_head_cross_entropy";
-  if (!ws) throw std::invalid_argument("lm_head_cross_entropy: ws is null");
-  if (args.n < 0) throw std::invalid_argument("lm_head_cross_entropy: n = " + std::to_string(args.n) + " is negative");
-  if (args.C <= 0) throw std::invalid_argument("lm_head_cross_entropy: C = " + std::to_string(args.C) + " is not positive");
-  check_vocab(args.V, who);
-  if (args.chunk <= 0)
-    throw std::invalid_argument("lm_head_cross_entropy: chunk = " + std::to_string(args.chunk) + " is not positive");
+  auto bad = [](const std::string& what) { throw std::invalid_argument("lm_head_cross_entropy: " + what); };
+  if (!ws) bad("ws is null");
+  if (args.n < 0) bad("n = " + std::to_string(args.n) + " is negative");
+  if (args.C <= 0) bad("C = " + std::to_string(args.C) + " is not positive");
+  check_vocab(args.V, "lm_head_cross_entropy");
+  if (args.chunk <= 0) bad("chunk = " + std::to_string(args.chunk) + " is not positive");
   if (args.n == 0) return 0.0;
-  if (!args.x) throw std::invalid_argument("lm_head_cross_entropy: x is null");
-  if (!args.targets) throw std::invalid_argument("lm_head_cross_entropy: targets is null");
-  if (!args.W) throw std::invalid_argument("lm_head_cross_entropy: W is null");
+  if (!args.x) bad("x is null");
+  if (!args.targets) bad("targets is null");
+  if (!args.W) bad("W is null");
   stream = resolve(stream);
 
   const int64_t n = args.n, C = args.C, V = args.V;

@@ -128,7 +128,8 @@ struct Inputs {
 Inputs make_inputs(const Shape& s, uint32_t seed) {
   std::mt19937 rng(seed);
   Inputs in;
-  const size_t nq = static_cast<size_t>(s.rows * s.T * s.Hq * s.D), nkv = static_cast<size_t>(s.rows * s.T * s.Hkv * s.D);
+  const size_t nq = static_cast<size_t>(s.rows * s.T * s.Hq * s.D);
+  const size_t nkv = static_cast<size_t>(s.rows * s.T * s.Hkv * s.D);
   // Scores of standard deviation ~2: peaked enough that the running max changes between key
   // tiles (exercising the online rescaling), flat enough that many keys matter.
   in.q = normal_bf16(nq, 2.0f, rng);
@@ -347,19 +348,18 @@ TEST(cuda_attention_rejects_bad_arguments) {
     }
     record_failure(__FILE__, __LINE__, "no exception for " + needle);
   };
-  for (int64_t D : {0, 4, 60, 100, 264, 512})
-    throws_naming([&] { attention_forward(nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, 1, 8, 2, 1, D, nullptr); },
-                  "D = " + std::to_string(D));
-  throws_naming([] { attention_forward(nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, 1, 8, 6, 4, 64, nullptr); },
-                "Hkv = 4");
-  throws_naming([] { attention_forward(nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, 1, 8, 2, 0, 64, nullptr); },
-                "Hkv = 0");
-  throws_naming([] { attention_forward(nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, -1, 8, 2, 1, 64, nullptr); },
-                "rows");
-  throws_naming([] { attention_forward(nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, 1, -3, 2, 1, 64, nullptr); },
-                "T = -3");
-  throws_naming([] { attention_forward(nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, 1, 8, 2, 1, 64, nullptr); },
-                "out is null");
+  // A forward with null tensors and the given shape (the checks run before any pointer use).
+  auto fwd = [](int64_t rows, int64_t T, int64_t Hq, int64_t Hkv, int64_t D) {
+    return [=] {
+      attention_forward(nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, rows, T, Hq, Hkv, D, nullptr);
+    };
+  };
+  for (int64_t D : {0, 4, 60, 100, 264, 512}) throws_naming(fwd(1, 8, 2, 1, D), "D = " + std::to_string(D));
+  throws_naming(fwd(1, 8, 6, 4, 64), "Hkv = 4");
+  throws_naming(fwd(1, 8, 2, 0, 64), "Hkv = 0");
+  throws_naming(fwd(-1, 8, 2, 1, 64), "rows");
+  throws_naming(fwd(1, -3, 2, 1, 64), "T = -3");
+  throws_naming(fwd(1, 8, 2, 1, 64), "out is null");
   throws_naming(
       [] {
         attention_backward(nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, 1,

@@ -72,7 +72,8 @@ void check_rows(int64_t n, int64_t V, float scale, uint32_t seed) {
   const double w = worst_ratio(dl_gpu, dl_ref, 1e-6 * std::fabs(scale), 2.0 / 256);
   if (!(w <= 1.0))
     record_failure(__FILE__, __LINE__,
-                   "dlogits (n=" + std::to_string(n) + " V=" + std::to_string(V) + "): worst ratio " + std::to_string(w));
+                   "dlogits (n=" + std::to_string(n) + " V=" + std::to_string(V) +
+                       "): worst ratio " + std::to_string(w));
 }
 
 struct HeadCase {
@@ -82,7 +83,8 @@ struct HeadCase {
 
 // CPU reference of the fused head: summed loss, and dx = grad_scale * (softmax - onehot) W.
 void cpu_head(const HeadCase& c, const std::vector<float>& x, const std::vector<float>& W,
-              const std::vector<int32_t>& targets, double& loss, std::vector<float>& dx, std::vector<double>& dx_bound) {
+              const std::vector<int32_t>& targets, double& loss, std::vector<float>& dx,
+              std::vector<double>& dx_bound) {
   std::vector<float> logits(static_cast<size_t>(c.n * c.V));
   for (int64_t i = 0; i < c.n; ++i)
     for (int64_t v = 0; v < c.V; ++v) {
@@ -143,7 +145,8 @@ void check_head(const HeadCase& c, lora::cuda::LmHeadWorkspace* ws, uint32_t see
   const std::string what = "n=" + std::to_string(c.n) + " C=" + std::to_string(c.C) + " V=" + std::to_string(c.V) +
                            " chunk=" + std::to_string(c.chunk);
   if (!(std::fabs(loss - loss_ref) <= 2e-4 * c.n + 1e-5 * std::fabs(loss_ref)))
-    record_failure(__FILE__, __LINE__, "loss (" + what + "): " + std::to_string(loss) + " vs " + std::to_string(loss_ref));
+    record_failure(__FILE__, __LINE__,
+                   "loss (" + what + "): " + std::to_string(loss) + " vs " + std::to_string(loss_ref));
 
   const std::vector<float> dx = to_host(d_dx);
   int bad = 0;
