@@ -113,6 +113,19 @@ TEST(cuda_gemm_dispatch_matches_cpu) {
   }
 }
 
+// On a stream other than the compute stream (cuBLASLt then plans without the shared
+// workspace, which belongs to the compute stream).
+TEST(cuda_gemm_on_a_side_stream) {
+  LORA_REQUIRE_GPU();
+  cudaStream_t side = nullptr;
+  LORA_CUDA_CHECK(cudaStreamCreateWithFlags(&side, cudaStreamNonBlocking));
+  for (const auto& c : lora_test::gemm_cases({{129, 1000, 1000}, {7, 33, 129}, {1000, 16, 576}})) {
+    check_case(c, [side](const GemmArgs& a) { lora::cuda::gemm(a, side); }, "gemm (side stream)");
+    check_case(c, [side](const GemmArgs& a) { lora::cuda::gemm_builtin(a, side); }, "builtin (side stream)");
+  }
+  LORA_CUDA_CHECK(cudaStreamDestroy(side));
+}
+
 // K == 0: C = beta * C (beta == 0 clears C, even where it held NaN).
 TEST(cuda_gemm_k_zero_scales_c) {
   LORA_REQUIRE_GPU();
