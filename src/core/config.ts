@@ -176,7 +176,8 @@ export interface ValidateContext {
   modelTargets?: readonly string[];
   /** Smallest in/out feature size among the targeted layers; r must not exceed it. */
   minTargetDim?: number;
-  /** Whether the runtime was built with CUDA; cuda:N devices are refused without it. */
+  /** Whether the runtime can train on a GPU here (`lora-runtime --version`'s `cuda`: built
+   *  with CUDA and a supported GPU present); cuda:N devices are refused without it. */
   cuda?: boolean;
 }
 
@@ -272,7 +273,8 @@ export function validateConfig(c: TrainConfig, ctx: ValidateContext = {}): Confi
   if (typeof k.device !== 'string' || !/^(auto|cpu|cuda:\d+)$/.test(k.device)) {
     err('compute.device', `is ${JSON.stringify(k.device)}`, 'use "auto", "cpu" or "cuda:N"');
   } else if (k.device.startsWith('cuda:') && ctx.cuda === false) {
-    err('compute.device', `asks for ${k.device}, but the runtime was built without CUDA`, 'use "auto" or "cpu"');
+    err('compute.device', `asks for ${k.device}, but the runtime cannot use a GPU here (built without CUDA, or no GPU of compute capability 8.0 or newer)`,
+      'use "auto" or "cpu"; `lora-runtime devices` lists the GPUs the driver reports');
   }
   oneOf('compute.dtype', k.dtype, ['fp32', 'bf16', 'fp16'] as const);
   int('compute.threads', k.threads, 0, 1024, 'use 0 for all cores, or a thread count');

@@ -95,11 +95,17 @@ std::unique_ptr<TrainEngine> make_engine(const DeviceChoice& dev, const RunConfi
   cuda::CudaTrainOptions opt;
   opt.device = dev.gpu.index;
   opt.offload_activations = cfg.offload_activations;
-  const uint64_t need = cuda::estimate_device_bytes(model, lora, tokens, cfg.grad_checkpointing, opt);
+  // The estimate leaves out this process's CUDA context (cuBLASLt's and the kernels' code
+  // and the driver's own allocations, a few hundred MiB), which the driver may not have
+  // counted as used yet when `free` was read: keep room for it.
+  constexpr uint64_t kContextReserve = uint64_t(512) << 20;
+  const uint64_t need =
+      cuda::estimate_device_bytes(model, lora, tokens, cfg.grad_checkpointing, opt) + kContextReserve;
   const uint64_t free = free_device_memory(dev.gpu);
   if (need > free)
     throw OutOfMemoryError("training needs about " + gib(need) + " of GPU memory on " + gpu_label(dev.gpu) +
-                               ", but only " + gib(free) + " of its " + gib(dev.gpu.memory_total) + " are free",
+                               " (0.50 GiB of it for the CUDA context), but only " + gib(free) + " of its " +
+                               gib(dev.gpu.memory_total) + " are free",
                            need, kDeviceMemoryHint);
   return cuda::make_cuda_engine(model, lora, opt);
 }
