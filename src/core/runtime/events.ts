@@ -11,7 +11,8 @@ export interface MemoryStats {
   device_total: number;
 }
 
-export interface HelloEvent { v: 1; type: 'hello'; runtime: string; protocol: number; device: { kind: 'cpu' | 'cuda'; name: string; memory_total: number } }
+/** `device.index` and `compute_capability` ("9.0") are there when kind is cuda. */
+export interface HelloEvent { v: 1; type: 'hello'; runtime: string; protocol: number; device: { kind: 'cpu' | 'cuda'; name: string; memory_total: number; index?: number; compute_capability?: string } }
 export interface ModelEvent { v: 1; type: 'model'; arch: string; params_total: number; params_trainable: number; quant: string; bytes_base: number; bytes_lora: number; targets: string[] }
 export interface PlanEvent { v: 1; type: 'plan'; steps_total: number; tokens_per_step: number; epochs: number; train_tokens: number; eval_tokens: number }
 export interface StepEvent { v: 1; type: 'step'; step: number; epoch: number; /** null when the loss is NaN (diverged). */ loss: number | null; lr: number; grad_norm: number | null; tokens_per_s: number; elapsed_s: number; mem: MemoryStats }
