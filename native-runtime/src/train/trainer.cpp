@@ -12,7 +12,6 @@
 #include "common/threadpool.hpp"
 #include "formats/shard.hpp"
 #include "model/forward.hpp"
-#include "ops/adamw.hpp"
 #include "train/adapter.hpp"
 #include "train/checkpoint.hpp"
 #include "train/control.hpp"
