@@ -208,6 +208,32 @@ TEST(cuda_model_llama_larger_shapes_match_cpu) {
   compare_with_cpu("llama-96", model, lora, doc_batch(spec.vocab, 70, {30, 45, 17, 50, 9, 64}, 4));
 }
 
+// A quantized base: every linear is dequantized into the one scratch weight right before
+// each use (forward, backward and the recomputation), on both sides from the same codes.
+TEST(cuda_model_llama_nf4_int8_match_cpu) {
+  LORA_REQUIRE_GPU();
+  lora_test::TinyModelSpec spec;
+  spec.bf16 = true;
+  for (QuantType q : {QuantType::NF4, QuantType::Int8}) {
+    const Model model = llama_model(spec, q);
+    LoraState lora = lora_create(model, all_targets(model, 4, 0.2), 13);
+    randomise_b(lora, 7);
+    compare_with_cpu(std::string("llama ") + quant_name(q), model, lora, packed_batch(spec.vocab));
+  }
+}
+
+// Llama with attention_bias: q/k/v and o_proj biases (o_proj's lands in the fp32 residual).
+TEST(cuda_model_llama_attention_bias_matches_cpu) {
+  LORA_REQUIRE_GPU();
+  lora_test::TinyModelSpec spec;
+  spec.bf16 = true;
+  spec.attention_bias = true;
+  const Model model = llama_model(spec);
+  LoraState lora = lora_create(model, all_targets(model, 4, 0.0), 15);
+  randomise_b(lora, 8);
+  compare_with_cpu("llama attention_bias", model, lora, packed_batch(spec.vocab));
+}
+
 TEST(cuda_model_qwen2_bias_tied_matches_cpu) {
   LORA_REQUIRE_GPU();
   lora_test::TinyModelSpec spec;
