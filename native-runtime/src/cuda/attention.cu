@@ -103,6 +103,12 @@ __device__ __forceinline__ void cp_async_16(void* dst, const void* src, bool val
 // Waits for every cp.async this thread issued; a __syncthreads must follow before other
 // threads read the data.
 __device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
+// Closes the group of cp.async issued since the last commit (an empty group is allowed).
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+// Waits until at most the newest group is still in flight: every older one has landed.
+__device__ __forceinline__ void cp_async_wait_all_but_newest() {
+  asm volatile("cp.async.wait_group 1;\n" ::: "memory");
+}
 
 __device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
   __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);  // .x (lo) is the low half
@@ -127,7 +133,7 @@ __device__ __forceinline__ const bf16* cols_then_rows(const bf16* base, int ld, 
 // Starts the copy of rows [0, NR) of a tile: row r is token t0 + r of one head, read from
 // `src` (its first row, n_valid >= 1) with `stride` elements between tokens. Rows >= n_valid
 // and columns >= D are zeros, so padded products contribute exactly nothing (uninitialised
-// memory could hold NaNs). Complete with cp_async_wait_all() and a barrier.
+// memory could hold NaNs). Complete with a cp.async wait and a barrier.
 template <int DP, int NR>
 __device__ __forceinline__ void load_tile(bf16* dst, const bf16* src, int64_t stride, int n_valid, int D) {
   constexpr int kChunks = DP / 8;  // 16-byte chunks per row
@@ -177,14 +183,18 @@ __global__ void __launch_bounds__(kThreads)
   for (int i = 0; i < DP / 8; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
   float m_a = -INFINITY, m_b = -INFINITY, l_a = 0.f, l_b = 0.f;  // l: this thread's partial sums
 
+  // Keys stream in as FA2 does: K of the next tile loads while this tile's P V runs, V of
+  // this tile while its scores and softmax run. Groups in flight: {Q, K_0}, then per tile
+  // {V_i} and {K_i+1} (empty after the last tile).
   const int k_begin = ds_row[q0], k_end = q0 + q_valid;
+  load_tile<DP, BK>(k_s, k + ((tok0 + k_begin) * Hkv + hk) * D, kv_stride, min(BK, k_end - k_begin), D);
+  cp_async_commit();
   const bf16* q_w = q_s + warp * 16 * LD;
   for (int k0 = k_begin; k0 < k_end; k0 += BK) {
-    const int k_valid = min(BK, k_end - k0);
-    __syncthreads();  // every warp is done with the previous tile
-    load_tile<DP, BK>(k_s, k + ((tok0 + k0) * Hkv + hk) * D, kv_stride, k_valid, D);
-    load_tile<DP, BK>(v_s, v + ((tok0 + k0) * Hkv + hk) * D, kv_stride, k_valid, D);
-    cp_async_wait_all();  // (the first time, the Q tile too)
+    __syncthreads();  // every warp is done with the previous tile's P V: v_s is free
+    load_tile<DP, BK>(v_s, v + ((tok0 + k0) * Hkv + hk) * D, kv_stride, min(BK, k_end - k0), D);
+    cp_async_commit();
+    cp_async_wait_all_but_newest();  // K_i (and, the first time, Q) landed; V_i may not have
     __syncthreads();
 
     // s: this warp's 16 queries x BK keys.
@@ -252,6 +262,13 @@ __global__ void __launch_bounds__(kThreads)
       l_a += s[nt][0] + s[nt][1];
       l_b += s[nt][2] + s[nt][3];
     }
+
+    __syncthreads();  // every warp is done with k_s
+    if (k0 + BK < k_end)
+      load_tile<DP, BK>(k_s, k + ((tok0 + k0 + BK) * Hkv + hk) * D, kv_stride, min(BK, k_end - k0 - BK), D);
+    cp_async_commit();
+    cp_async_wait_all_but_newest();  // V_i landed; K_i+1 may still be in flight
+    __syncthreads();
 
     // o += P V, P (16 x BK) straight from the score registers.
 #pragma unroll
