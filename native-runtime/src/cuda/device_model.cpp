@@ -50,13 +50,6 @@ uint64_t matrix_device_bytes(const QuantizedMatrix& m) {
 
 }  // namespace
 
-bool DeviceModel::quantized() const {
-  for (const auto& l : layers)
-    for (const auto& m : l.linear)
-      if (m.rows > 0 && m.type != QuantType::None) return true;
-  return false;
-}
-
 uint64_t DeviceModel::bytes() const {
   uint64_t b = embed.bytes() + lm_head.bytes() + wpe.bytes() + final_norm.bytes() + final_norm_bias.bytes() +
                inv_freq.bytes();

@@ -40,9 +40,6 @@ struct DeviceModel {
     const auto& b = layers[layer].bias[module];
     return b.empty() ? nullptr : b.data();
   }
-  const float* opt(const DeviceArray<float>& a) const { return a.empty() ? nullptr : a.data(); }
-  // True when some decoder linear is quantized, i.e. needs a dequantization scratch.
-  bool quantized() const;
   uint64_t bytes() const;          // device bytes held
 };
 

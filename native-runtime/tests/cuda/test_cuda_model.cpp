@@ -546,6 +546,8 @@ TEST(cuda_model_checkpointing_and_offload_lower_the_peak) {
   const Batch batch = doc_batch(spec.vocab, 128, {100, 90, 120, 60, 128, 40}, 3);
   cuda::DeviceModel dm = cuda::upload_model(model);
   cuda::DeviceLoraState dl = cuda::upload_lora(lora, cuda::current().stream);
+  // The estimate's count of the base is what the upload holds.
+  CHECK_EQ(dm.bytes(), cuda::device_model_bytes(model));
   {
     // The first GEMM allocates the backend's workspace: not part of the passes measured.
     cuda::DeviceWorkspace warm;
