@@ -405,9 +405,10 @@ __global__ void __launch_bounds__(kThreads)
   const bf16* v_w = v_s + slab * 16 * LD;
   const int j_a = k0 + slab * 16 + g, j_b = j_a + 8;  // this thread's two keys
 
-  for (int q0 = k0; q0 < t_end; q0 += B) {
+  // Starts loading query tile [q0, q0 + B): Q and dO by cp.async, the per-query lse (log2
+  // domain), delta and doc_start by plain stores. Its consumers wait and pass a barrier.
+  auto load_queries = [&](int q0) {
     const int q_valid = min(B, t_end - q0);
-    __syncthreads();  // the previous tile's q_s, do_s, dst_s are no longer read
     load_tile<DP, B>(q_s, q + ((tok0 + q0) * Hq + h) * D, q_stride, q_valid, D);
     load_tile<DP, B>(do_s, dout + ((tok0 + q0) * Hq + h) * D, q_stride, q_valid, D);
     for (int i = threadIdx.x; i < B; i += kThreads) {
@@ -416,8 +417,15 @@ __global__ void __launch_bounds__(kThreads)
       delta_s[i] = ok ? delta_h[q0 + i] : 0.f;
       dsq_s[i] = ok ? ds_row[q0 + i] : INT_MAX;  // a padded query sees no key
     }
+  };
+  load_queries(k0);
+
+  // The next query tile loads while this one's dQ product and atomics run: by then no warp
+  // reads q_s, do_s or the per-query values any more.
+  for (int q0 = k0; q0 < t_end; q0 += B) {
+    const int q_valid = min(B, t_end - q0);
     cp_async_wait_all();  // (the first time, the K and V tiles too)
-    __syncthreads();
+    __syncthreads();      // the tile is visible; every warp is done with the previous dst_s
 
     // S^T and dP^T for this warp's 16 keys x B queries: K_slab Q^T and V_slab dO^T.
     float st[B / 8][4], dpt[B / 8][4];
@@ -487,7 +495,8 @@ __global__ void __launch_bounds__(kThreads)
         mma_16816(dk_r[2 * dn + 1], as, bq[2], bq[3]);
       }
     }
-    __syncthreads();  // dst_s complete
+    __syncthreads();  // dst_s complete; q_s, do_s and the per-query values are free
+    if (q0 + B < t_end) load_queries(q0 + B);
 
     // dQ rows [16 * slab, +16) of the tile (warps reuse the slab index for query rows),
     // columns of this warp's part: dS (queries x keys) K, summed into dq_acc.
