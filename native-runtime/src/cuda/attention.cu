@@ -5,12 +5,14 @@
 // them and keeps its scores, probabilities and output accumulator in registers. Key/value
 // tiles stream through shared memory from the first key any of the block's queries may see
 // (doc_start of its first query: documents are contiguous and doc_start is non-decreasing)
-// up to its last query. Softmax runs online in the log2 domain; lse is saved in natural log.
+// up to its last query, each tile's V loading during its scores and the next K during its
+// P V product. Softmax runs online in the log2 domain; lse is saved in natural log.
 //
 // Backward: delta = rowsum(dO * O) first; then a block owns one key tile of one query head,
 // keeps that tile's dK and dV in registers while it walks the query tiles that can see it,
 // and adds its share of dQ (and, under GQA, of the shared dK/dV) into fp32 workspace with
-// atomics. A last pass converts the fp32 sums to bf16.
+// atomics; the next query tile loads during the dQ product. A last pass converts the fp32
+// sums to bf16.
 //
 // Head dims are padded in shared memory (with zeros) to the kernel instantiation's DP, one
 // of 32, 64, 80, 96, 128, 160, 192, 256, so any multiple of 8 up to 256 runs.
@@ -57,6 +59,7 @@ struct Tiles {
   static constexpr int kDsLd = kBwd + 8;
   static constexpr size_t kBwdSmem =
       size_t(4 * kBwd) * kLd * sizeof(bf16) + size_t(kBwd) * kDsLd * sizeof(bf16) + 3 * size_t(kBwd) * 4;
+  static_assert(kFwdSmem <= 99 * 1024 && kBwdSmem <= 99 * 1024, "tiles must fit sm_86/sm_89 blocks");
 };
 
 // ---- warp-level tensor-core primitives (PTX ISA: mma.m16n8k16 and ldmatrix fragments) ----
