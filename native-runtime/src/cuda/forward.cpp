@@ -182,6 +182,11 @@ void check_batch(const Model& model, const Batch& b) {
     if (b.doc_start[i] < 0 || b.doc_start[i] > in_row)
       throw std::invalid_argument("doc_start " + std::to_string(b.doc_start[i]) + " at row " + std::to_string(i) +
                                   " is outside [0, " + std::to_string(in_row) + "]");
+    // The attention kernels take a query tile's key range from its first query's doc_start,
+    // which is right only when documents are contiguous (doc_start never decreases in a row).
+    if (in_row > 0 && b.doc_start[i] < b.doc_start[i - 1])
+      throw std::invalid_argument("doc_start decreases at row " + std::to_string(i) +
+                                  ": documents in a packed row must be contiguous");
   }
 }
 
