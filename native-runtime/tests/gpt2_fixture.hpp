@@ -78,4 +78,16 @@ inline std::string write_tiny_gpt2(const TinyGpt2Spec& s, const std::string& dir
   return dir;
 }
 
+// The tiny GPT-2 in a fresh temporary folder, loaded (quantized as `q` says, double
+// quantization whenever quantized).
+inline lora::Model load_tiny_gpt2(const TinyGpt2Spec& spec, lora::QuantType q = lora::QuantType::None,
+                                  const std::string& tag = "gpt2") {
+  const std::string dir = make_temp_dir(tag);
+  write_tiny_gpt2(spec, dir);
+  lora::QuantSettings qs;
+  qs.type = q;
+  qs.double_quant = q != lora::QuantType::None;
+  return lora::load_model(dir, qs);
+}
+
 }  // namespace lora_test

@@ -129,6 +129,19 @@ inline std::string write_tiny_model(const TinyModelSpec& s, const std::string& d
   return dir;
 }
 
+// Writes the tiny Llama-family model to a fresh temporary folder and loads it, quantized as
+// `q` says (block 64, double quantization whenever quantized, as training runs use).
+inline lora::Model load_tiny_model(const TinyModelSpec& spec, lora::QuantType q = lora::QuantType::None,
+                                   const std::string& tag = "model") {
+  const std::string dir = make_temp_dir(tag);
+  write_tiny_model(spec, dir);
+  lora::QuantSettings qs;
+  qs.type = q;
+  qs.block_size = 64;
+  qs.double_quant = q != lora::QuantType::None;
+  return lora::load_model(dir, qs);
+}
+
 // A shard from explicit documents; mask 1 everywhere except each document's first token.
 inline lora::TokenShard make_shard(const std::vector<std::vector<uint32_t>>& docs, uint32_t vocab) {
   lora::TokenShard s;

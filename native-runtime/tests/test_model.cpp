@@ -16,18 +16,10 @@ using namespace lora;
 using lora_test::packed_batch;
 using lora_test::randomise_b;
 using lora_test::TinyModelSpec;
+using lora_test::load_tiny_model;
 
 namespace {
 
-Model tiny_model(const TinyModelSpec& spec, QuantType q = QuantType::None) {
-  const std::string dir = lora_test::make_temp_dir("model");
-  lora_test::write_tiny_model(spec, dir);
-  QuantSettings qs;
-  qs.type = q;
-  qs.block_size = 64;
-  qs.double_quant = q != QuantType::None;
-  return load_model(dir, qs);
-}
 
 LoraSpec all_targets(int64_t r, double dropout = 0.0) {
   LoraSpec s;
@@ -84,7 +76,7 @@ void check_gradients(const Model& model, LoraState& lora, const Batch& batch) {
 TEST(model_lora_gradients_match_finite_differences) {
   set_num_threads(2);
   TinyModelSpec spec;
-  const Model model = tiny_model(spec);
+  const Model model = load_tiny_model(spec);
   LoraState lora = lora_create(model, all_targets(4), 11);
   randomise_b(lora, 3);
   check_gradients(model, lora, packed_batch(spec.vocab));
@@ -94,7 +86,7 @@ TEST(model_qwen2_bias_tied_gradients_match_finite_differences) {
   TinyModelSpec spec;
   spec.architecture = "Qwen2ForCausalLM";
   spec.tied = true;
-  const Model model = tiny_model(spec);
+  const Model model = load_tiny_model(spec);
   CHECK(!model.layers[0].bias[kQProj].empty());
   CHECK(!model.layers[0].bias[kVProj].empty());
   CHECK(model.layers[0].bias[kOProj].empty());
@@ -111,7 +103,7 @@ TEST(model_qkv_bias_changes_output) {
   // The bias is really applied: zeroing it changes the loss.
   TinyModelSpec spec;
   spec.architecture = "Qwen2ForCausalLM";
-  Model model = tiny_model(spec);
+  Model model = load_tiny_model(spec);
   const Batch b = packed_batch(spec.vocab);
   Workspace ws;
   const double with = forward_loss(model, nullptr, b, ws);
@@ -123,7 +115,7 @@ TEST(model_qkv_bias_changes_output) {
 TEST(model_checkpointing_is_bit_identical) {
   set_num_threads(2);
   TinyModelSpec spec;
-  const Model model = tiny_model(spec);
+  const Model model = load_tiny_model(spec);
   LoraState a = lora_create(model, all_targets(4, 0.2), 9);
   randomise_b(a, 1);
   LoraState b = a;
@@ -145,7 +137,7 @@ TEST(model_checkpointing_is_bit_identical) {
 
 TEST(model_packing_equals_documents_alone) {
   TinyModelSpec spec;
-  const Model model = tiny_model(spec);
+  const Model model = load_tiny_model(spec);
   LoraState lora = lora_create(model, all_targets(4), 2);
   randomise_b(lora, 8);
   const std::vector<uint32_t> d1 = {1, 5, 9, 13, 17}, d2 = {4, 8, 12, 16, 20, 24};
@@ -184,7 +176,7 @@ TEST(model_packing_equals_documents_alone) {
 TEST(model_tied_embeddings_use_the_embedding_matrix) {
   TinyModelSpec spec;
   spec.tied = true;
-  const Model tied = tiny_model(spec);
+  const Model tied = load_tiny_model(spec);
   CHECK(tied.lm_head.empty());
   CHECK(tied.lm_head_weight() == tied.embed.data());
   Model untied = tied;
@@ -227,7 +219,7 @@ TEST(model_quantized_load_reports_bytes_and_stays_close) {
 TEST(model_bf16_checkpoint_loads) {
   TinyModelSpec spec;
   spec.bf16 = true;
-  const Model m = tiny_model(spec);
+  const Model m = load_tiny_model(spec);
   CHECK_EQ(m.dtype, std::string("BF16"));
   CHECK(m.layers[0].linear[kQProj].stored_dtype == DType::BF16);
   Workspace ws;
@@ -268,7 +260,7 @@ TEST(model_load_errors_name_the_tensor) {
 
 TEST(lora_init_matches_peft) {
   TinyModelSpec spec;
-  const Model model = tiny_model(spec);
+  const Model model = load_tiny_model(spec);
   LoraSpec ls = all_targets(4);
   const LoraState a = lora_create(model, ls, 123), b = lora_create(model, ls, 123), c = lora_create(model, ls, 124);
   CHECK(a.params == b.params);

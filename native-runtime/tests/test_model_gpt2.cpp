@@ -33,10 +33,7 @@ std::string gpt2_dir(const TinyGpt2Spec& spec) {
 }
 
 Model gpt2_model(const TinyGpt2Spec& spec, QuantType q = QuantType::None) {
-  QuantSettings qs;
-  qs.type = q;
-  qs.double_quant = q != QuantType::None;
-  return load_model(gpt2_dir(spec), qs);
+  return lora_test::load_tiny_gpt2(spec, q);
 }
 
 LoraSpec gpt2_targets(int64_t r) {

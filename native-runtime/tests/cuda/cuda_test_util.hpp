@@ -3,6 +3,7 @@
 // the reason when this machine has no usable GPU, and copies data through these helpers.
 #include <cstdint>
 #include <cstring>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -96,5 +97,23 @@ inline double worst_ratio(const std::vector<float>& a, const std::vector<float>&
   }
   return w;
 }
+
+// Checks that fn() throws std::invalid_argument whose message contains `needle` (the CUDA
+// launchers validate their arguments before any CUDA call, so this runs on every machine).
+template <class Fn>
+void check_invalid_argument(Fn&& fn, const std::string& needle, const char* file, int line) {
+  try {
+    fn();
+  } catch (const std::invalid_argument& e) {
+    if (std::string(e.what()).find(needle) == std::string::npos)
+      record_failure(file, line, "message '" + std::string(e.what()) + "' does not name '" + needle + "'");
+    return;
+  } catch (const std::exception& e) {
+    record_failure(file, line, std::string("not an invalid_argument: ") + e.what());
+    return;
+  }
+  record_failure(file, line, "no exception for " + needle);
+}
+#define CHECK_INVALID_ARGUMENT(fn, needle) ::lora_test::check_invalid_argument((fn), (needle), __FILE__, __LINE__)
 
 }  // namespace lora_test

@@ -195,23 +195,10 @@ TEST(cuda_lm_head_cross_entropy_vs_cpu) {
 
 // Argument checks run before any CUDA call, so they are tested on every machine.
 TEST(cuda_cross_entropy_rejects_bad_arguments) {
-  auto throws_naming = [](auto&& fn, const std::string& needle) {
-    try {
-      fn();
-    } catch (const std::invalid_argument& e) {
-      if (std::string(e.what()).find(needle) == std::string::npos)
-        record_failure(__FILE__, __LINE__, "message '" + std::string(e.what()) + "' does not name '" + needle + "'");
-      return;
-    } catch (const std::exception& e) {
-      record_failure(__FILE__, __LINE__, std::string("not an invalid_argument: ") + e.what());
-      return;
-    }
-    record_failure(__FILE__, __LINE__, "no exception for " + needle);
-  };
   using lora::cuda::cross_entropy_rows;
-  throws_naming([] { cross_entropy_rows(nullptr, nullptr, nullptr, nullptr, 4, 0, 1.f, nullptr); }, "V = 0");
-  throws_naming([] { cross_entropy_rows(nullptr, nullptr, nullptr, nullptr, -1, 10, 1.f, nullptr); }, "n = -1");
-  throws_naming([] { cross_entropy_rows(nullptr, nullptr, nullptr, nullptr, 2, 10, 1.f, nullptr); }, "loss is null");
+  CHECK_INVALID_ARGUMENT([] { cross_entropy_rows(nullptr, nullptr, nullptr, nullptr, 4, 0, 1.f, nullptr); }, "V = 0");
+  CHECK_INVALID_ARGUMENT([] { cross_entropy_rows(nullptr, nullptr, nullptr, nullptr, -1, 10, 1.f, nullptr); }, "n = -1");
+  CHECK_INVALID_ARGUMENT([] { cross_entropy_rows(nullptr, nullptr, nullptr, nullptr, 2, 10, 1.f, nullptr); }, "loss is null");
   cross_entropy_rows(nullptr, nullptr, nullptr, nullptr, 0, 10, 1.f, nullptr);  // nothing to do
 
   lora::cuda::LmHeadWorkspace* ws = lora::cuda::lm_head_workspace_create();
@@ -219,19 +206,19 @@ TEST(cuda_cross_entropy_rejects_bad_arguments) {
   a.n = 3;
   a.C = 8;
   a.V = 10;
-  throws_naming([&] { lora::cuda::lm_head_cross_entropy(a, nullptr, nullptr); }, "ws is null");
-  throws_naming([&] { lora::cuda::lm_head_cross_entropy(a, ws, nullptr); }, "x is null");
+  CHECK_INVALID_ARGUMENT([&] { lora::cuda::lm_head_cross_entropy(a, nullptr, nullptr); }, "ws is null");
+  CHECK_INVALID_ARGUMENT([&] { lora::cuda::lm_head_cross_entropy(a, ws, nullptr); }, "x is null");
   a.chunk = 0;
-  throws_naming([&] { lora::cuda::lm_head_cross_entropy(a, ws, nullptr); }, "chunk = 0");
+  CHECK_INVALID_ARGUMENT([&] { lora::cuda::lm_head_cross_entropy(a, ws, nullptr); }, "chunk = 0");
   a.chunk = 4;
   a.V = -2;
-  throws_naming([&] { lora::cuda::lm_head_cross_entropy(a, ws, nullptr); }, "V = -2");
+  CHECK_INVALID_ARGUMENT([&] { lora::cuda::lm_head_cross_entropy(a, ws, nullptr); }, "V = -2");
   a.V = 10;
   a.C = 0;
-  throws_naming([&] { lora::cuda::lm_head_cross_entropy(a, ws, nullptr); }, "C = 0");
+  CHECK_INVALID_ARGUMENT([&] { lora::cuda::lm_head_cross_entropy(a, ws, nullptr); }, "C = 0");
   a.C = 8;
   a.n = -5;
-  throws_naming([&] { lora::cuda::lm_head_cross_entropy(a, ws, nullptr); }, "n = -5");
+  CHECK_INVALID_ARGUMENT([&] { lora::cuda::lm_head_cross_entropy(a, ws, nullptr); }, "n = -5");
   a.n = 0;  // no targets: zero loss, nothing launched
   CHECK_EQ(lora::cuda::lm_head_cross_entropy(a, ws, nullptr), 0.0);
   lora::cuda::lm_head_workspace_destroy(ws);

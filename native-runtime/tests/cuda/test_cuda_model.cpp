@@ -35,22 +35,11 @@ using lora_test::randomise_b;
 namespace {
 
 Model llama_model(const lora_test::TinyModelSpec& spec, QuantType q = QuantType::None) {
-  const std::string dir = lora_test::make_temp_dir("cuda-model");
-  lora_test::write_tiny_model(spec, dir);
-  QuantSettings qs;
-  qs.type = q;
-  qs.block_size = 64;
-  qs.double_quant = q != QuantType::None;
-  return load_model(dir, qs);
+  return lora_test::load_tiny_model(spec, q, "cuda-model");
 }
 
 Model gpt2_model(const lora_test::TinyGpt2Spec& spec, QuantType q = QuantType::None) {
-  const std::string dir = lora_test::make_temp_dir("cuda-gpt2");
-  lora_test::write_tiny_gpt2(spec, dir);
-  QuantSettings qs;
-  qs.type = q;
-  qs.double_quant = q != QuantType::None;
-  return load_model(dir, qs);
+  return lora_test::load_tiny_gpt2(spec, q, "cuda-gpt2");
 }
 
 LoraSpec all_targets(const Model& m, int64_t r, double dropout) {
