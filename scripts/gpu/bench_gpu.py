@@ -144,7 +144,7 @@ def shard_for(cache, vocab, seq_len, rows, seed=1):
     return path
 
 
-def run_ours(runtime, cache, tag, model, shard, quant, micro_batch, seq_len, steps, warmup, timeout):
+def run_ours(runtime, cache, tag, model, shard, quant, micro_batch, seq_len, steps, warmup, timeout, offload=False):
     run_dir = os.path.join(cache, "runs", tag)
     shutil.rmtree(run_dir, ignore_errors=True)
     lstk.write_run(run_dir, model, train_shard=shard,
@@ -154,7 +154,7 @@ def run_ours(runtime, cache, tag, model, shard, quant, micro_batch, seq_len, ste
                           "max_steps": warmup + steps, "lr": LR, "schedule": "constant", "warmup_steps": 0,
                           "weight_decay": 0.0, "max_grad_norm": 1.0, "grad_checkpointing": True, "seed": 42,
                           "eval_every": 0, "save_every": 0},
-                   compute={"device": "cuda:0", "dtype": "bf16"})
+                   compute={"device": "cuda:0", "dtype": "bf16", "offload_activations": offload})
 
     def progress(ev):
         if ev.get("type") == "step":
@@ -294,6 +294,8 @@ def main(argv=None):
     p.add_argument("--skip-ours", action="store_true")
     p.add_argument("--skip-cuda-bench", action="store_true")
     p.add_argument("--skip-memory", action="store_true", help="skip the 8b nf4 run at 1 x seq_len")
+    p.add_argument("--skip-offload", action="store_true",
+                   help="skip the nf4 run with compute.offload_activations (its VRAM saving and time cost)")
     p.add_argument("--budget", type=float, default=540, help="seconds; no new run starts after this")
     p.add_argument("--cache", default=os.environ.get("LORA_GPU_CACHE", "/tmp/lora-gpu-cache"),
                    help="models, shards and run folders (reused across runs)")
@@ -398,6 +400,8 @@ def main(argv=None):
             runs += [("ours nf4", "nf4"), ("ours bf16", "none")]
         if not a.skip_peft:
             runs.append(("PEFT", None))
+        if not a.skip_ours and not a.skip_offload:
+            runs.append(("ours nf4 off", "nf4-offload"))
         for name, quant in runs:
             if out_of_time("%s %s" % (shape, name)):
                 break
@@ -405,8 +409,9 @@ def main(argv=None):
             if quant is None:
                 r = run_peft(model, spec["vocab"], a.micro_batch, a.seq_len, a.steps, a.warmup, remaining())
             else:
-                r = run_ours(runtime, a.cache, "%s-%s" % (shape, quant), model, shard, quant, a.micro_batch,
-                             a.seq_len, a.steps, a.warmup, remaining())
+                offload = quant.endswith("-offload")
+                r = run_ours(runtime, a.cache, "%s-%s" % (shape, quant), model, shard, quant.replace("-offload", ""),
+                             a.micro_batch, a.seq_len, a.steps, a.warmup, remaining(), offload=offload)
             r.update({"shape": shape, "run": name})
             res[name] = r
             if r.get("ok"):
@@ -434,7 +439,7 @@ def main(argv=None):
     report.add("")
     report.add("%-5s %-10s %12s %10s %10s %8s" % ("shape", "run", "tokens/s", "step s", "peak GiB", "MFU"))
     for shape, res in results.items():
-        for name in ("ours nf4", "ours bf16", "PEFT", "ours nf4 mb1"):
+        for name in ("ours nf4", "ours nf4 off", "ours bf16", "PEFT", "ours nf4 mb1"):
             r = res.get(name)
             if not r:
                 continue
@@ -462,6 +467,13 @@ def main(argv=None):
         slow = ours / nf4 if ours and nf4 else None
         report.add("  %s %s: ours nf4 / ours bf16 step time = %s (target <= 1.10)" % (
             verdict(None if slow is None else slow <= 1.10), shape, fmt(slow, "%.3fx")))
+        base, off = results.get(shape, {}).get("ours nf4"), results.get(shape, {}).get("ours nf4 off")
+        if base and off and base.get("ok") and off.get("ok"):
+            # Offload is optional (no target): report what it buys and what it costs.
+            report.add("  info %s: offloading checkpointed activations saves %.2f GiB of peak VRAM (%.2f -> %.2f) "
+                       "for %+.1f%% step time" % (
+                           shape, (base["peak_bytes"] - off["peak_bytes"]) / GIB, base["peak_bytes"] / GIB,
+                           off["peak_bytes"] / GIB, (off["step_s"] / base["step_s"] - 1) * 100))
     mem = results.get("8b", {}).get("ours nf4 mb1")
     mem_gib = mem["peak_bytes"] / GIB if mem and mem.get("ok") else None
     report.add("  %s 8b nf4 peak VRAM at 1 x %d = %s GiB (target <= 9)" % (
