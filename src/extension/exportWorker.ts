@@ -1,9 +1,14 @@
-// The worker_threads entry of "Export Adapter…" (bundled as dist/exportWorker.js; started by
-// exportInWorker.ts). It runs exportAdapter with the options it was started with and posts
-// progress, runtime log lines and the result or the error back to the host. No `vscode` import
-// here or below: a worker thread cannot load the editor's API.
+// The worker_threads entry for the synchronous model writing the extension must keep off its
+// own thread (bundled as dist/exportWorker.js; started by exportInWorker.ts). It runs the job it
+// was started with, "Export Adapter…" (exportAdapter) or Try Adapter's preparation
+// (preparePlayground: merge + two ONNX exports), and posts progress, runtime log lines and the
+// result or the error back to the host. No `vscode` import here or below: a worker thread cannot
+// load the editor's API; and prepare.ts is imported directly, not core/playground's index, which
+// would load onnxruntime-node for nothing.
 import { parentPort, workerData } from 'node:worker_threads';
-import { exportAdapter } from '../core/export/exportAdapter';
+import { type ExportAdapterResult, exportAdapter } from '../core/export/exportAdapter';
+import type { ExportProgress } from '../core/export/ggufExport';
+import { type PrepareProgress, type PreparedModels, preparePlayground } from '../core/playground/prepare';
 import { CancellationToken, CancellationTokenSource } from '../core/runtime/process';
 import { ExportWorkerData, WorkerToHost, isHostToWorker, serializeError } from './exportWorkerProtocol';
 
@@ -25,12 +30,16 @@ function run(): void {
     if (isHostToWorker(m)) source.cancel();
   });
   const post = (m: WorkerToHost) => port.postMessage(m);
-  exportAdapter({
-    ...data.options,
+  const hooks = {
     token,
-    onProgress: (progress) => post({ type: 'progress', progress }),
-    onLog: (line) => post({ type: 'log', line }),
-  }).then(
+    onProgress: (progress: ExportProgress | PrepareProgress) => post({ type: 'progress', progress }),
+    onLog: (line: string) => post({ type: 'log', line }),
+  };
+  const job = data.job;
+  const work: Promise<ExportAdapterResult | PreparedModels> = job.kind === 'export'
+    ? exportAdapter({ ...job.options, ...hooks })
+    : preparePlayground({ ...job.options, ...hooks });
+  work.then(
     (result) => post({ type: 'done', result }),
     (e: unknown) => post({ type: 'failed', error: serializeError(e) }),
   );

@@ -79,8 +79,10 @@ export function activate(context: vscode.ExtensionContext): LoraStudioApi {
         try {
           const { locateRuntime } = await import('../core/runtime/locate');
           const { runPinnedForRun } = await import('../core/playground/pinnedRun');
+          const { preparePlaygroundInWorker } = await import('./exportInWorker');
           const runtime = await locateRuntime({ setting: vscode.workspace.getConfiguration('loraStudio').get<string>('runtimePath', ''), root: context.extensionUri.fsPath });
-          const r = await runPinnedForRun({ runDir, workspaceDir, runtimePath: runtime.path, token, onProgress: (message) => progress.report({ message }), onLog: (l) => log.runtime(l) });
+          const r = await runPinnedForRun({ runDir, workspaceDir, runtimePath: runtime.path, token, onProgress: (message) => progress.report({ message }), onLog: (l) => log.runtime(l),
+                                            prepare: preparePlaygroundInWorker });
           if (!r || token.isCancellationRequested) return;
           log.info(`pinned prompts: ${r.outputs.length} answers saved to ${r.file}`);
           const a = await vscode.window.showInformationMessage(`LoRA Studio: answers to ${r.outputs.length} pinned prompts saved beside ${path.basename(runDir)}.`, 'Open');

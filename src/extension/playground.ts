@@ -1,7 +1,8 @@
-// Try Adapter: an editor tab comparing a run's adapter with its base model. The host merges
-// and exports the pair once (cached in RUN_DIR/playground), then streams both answers to the
-// page. Text is batched per column on a short timer, so a fast small model does not flood the
-// webview with one message per token.
+// Try Adapter: an editor tab comparing a run's adapter with its base model. The pair is merged
+// and exported once (cached in RUN_DIR/playground) on the export worker thread, off the
+// extension host's thread; the host then streams both answers to the page. Text is batched per
+// column on a short timer, so a fast small model does not flood the webview with one message
+// per token.
 
 import * as vscode from 'vscode';
 import * as fs from 'node:fs';
@@ -161,9 +162,11 @@ class PlaygroundHost {
   private openSession(token: CancellationToken): Promise<PlaygroundSession> {
     this.session ??= (async () => {
       const { locateRuntime } = await import('../core/runtime/locate');
-      const { preparePlayground, PlaygroundSession } = await import('../core/playground');
+      const { PlaygroundSession } = await import('../core/playground');
+      const { preparePlaygroundInWorker } = await import('./exportInWorker');
       const runtime = await locateRuntime({ setting: vscode.workspace.getConfiguration('loraStudio').get<string>('runtimePath', ''), root: this.ctx.extensionUri.fsPath });
-      const prepared = await preparePlayground({
+      // The ONNX writing is synchronous and takes minutes for a 7B model: a worker thread does it.
+      const prepared = await preparePlaygroundInWorker({
         modelDir: this.source.modelDir, adapterDir: this.source.adapterDir, cacheDir: path.join(this.source.runDir, 'playground'),
         runtimePath: runtime.path, token,
         onProgress: (p) => this.status(p.message),

@@ -187,11 +187,11 @@ test('protocol: errors keep their class and fields across the boundary; malforme
   assert.deepEqual([other.name, other.message, (other as Error & { hint?: string }).hint], ['RangeError', 'too big', 'smaller']);
   assert.equal(deserializeError(serializeError('plain text')).message, 'plain text');
 
-  assert.ok(isWorkerToHost({ type: 'progress', progress: { phase: 'model', fraction: 0.5, message: 'x' } }));
-  assert.ok(isWorkerToHost({ type: 'done', result: { format: 'gguf-adapter', outDir: '/o', dtype: 'f32', files: ['/o/a.gguf'] } }));
-  assert.ok(!isWorkerToHost({ type: 'progress', progress: { phase: 'model' } }));
-  assert.ok(!isWorkerToHost({ type: 'done', result: { files: [1] } }));
-  assert.ok(!isWorkerToHost({ type: 'failed', error: { kind: 'other', name: 'E', message: 'm', hint: 3 } }));
-  assert.ok(!isWorkerToHost({ type: 'unknown' }));
-  assert.ok(!isWorkerToHost(null));
+  assert.ok(isWorkerToHost({ type: 'progress', progress: { phase: 'model', fraction: 0.5, message: 'x' } }, 'export'));
+  assert.ok(isWorkerToHost({ type: 'done', result: { format: 'gguf-adapter', outDir: '/o', dtype: 'f32', files: ['/o/a.gguf'] } }, 'export'));
+  assert.ok(!isWorkerToHost({ type: 'progress', progress: { phase: 'model' } }, 'export'));
+  assert.ok(!isWorkerToHost({ type: 'done', result: { files: [1] } }, 'export'));
+  assert.ok(!isWorkerToHost({ type: 'failed', error: { kind: 'other', name: 'E', message: 'm', hint: 3 } }, 'export'));
+  assert.ok(!isWorkerToHost({ type: 'unknown' }, 'export'));
+  assert.ok(!isWorkerToHost(null, 'export'));
 });

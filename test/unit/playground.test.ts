@@ -61,8 +61,13 @@ function sharedSession(): Promise<{ f: Fixture; session: PlaygroundSession }> {
 test('preparePlayground merges through the runtime, exports both graphs, and reuses them while nothing changed', async () => {
   const f = fixture('prepare');
   const phases: string[] = [];
-  const p = await preparePlayground({ modelDir: f.modelDir, adapterDir: f.adapterDir, cacheDir: f.cacheDir, runtimePath: f.runtime, onProgress: (e) => phases.push(e.phase) });
+  const messages: string[] = [];
+  const p = await preparePlayground({ modelDir: f.modelDir, adapterDir: f.adapterDir, cacheDir: f.cacheDir, runtimePath: f.runtime, onProgress: (e) => {
+    if (phases.at(-1) !== e.phase) phases.push(e.phase);
+    messages.push(e.message);
+  } });
   assert.deepEqual(phases, ['export-base', 'merge', 'export-adapter']);
+  assert.ok(messages.includes('Exporting the base model to ONNX: Layer 2 of 2'), 'the ONNX writer\'s layers are reported');
   assert.deepEqual(p.rebuilt, { merged: true, base: true, adapter: true });
   assert.ok(fs.existsSync(path.join(p.baseOnnx, 'model.onnx')));
   assert.ok(fs.existsSync(path.join(p.adapterOnnx, 'model.onnx')));

@@ -5,7 +5,7 @@ import * as path from 'node:path';
 import type { CancellationToken } from '../runtime/process';
 import { readRunJson, summarizeRun } from '../runs/runs';
 import { readPinnedPrompts, runPinnedPrompts, type PinnedOutput } from './pinned';
-import { PlaygroundError, preparePlayground } from './prepare';
+import { PlaygroundError, preparePlayground, type PrepareOptions, type PreparedModels } from './prepare';
 import { DEFAULT_SETTINGS, PlaygroundSession, type GenerationSettings } from './session';
 
 export interface PinnedRunOptions {
@@ -16,6 +16,9 @@ export interface PinnedRunOptions {
   token?: CancellationToken;
   onProgress?: (message: string) => void;
   onLog?: (line: string) => void;
+  /** Runs the preparation; preparePlayground by default. The extension passes its worker-thread
+   *  runner so the ONNX writing stays off the extension host's thread. */
+  prepare?: (opts: PrepareOptions) => Promise<PreparedModels>;
 }
 
 /** Null when the workspace has no pinned prompts; otherwise the file written and its outputs. */
@@ -28,7 +31,7 @@ export async function runPinnedForRun(opts: PinnedRunOptions): Promise<{ file: s
   if (!model) throw new PlaygroundError(`${path.join(runDir, 'run.json')}: field "model" is missing`, 'the run folder is incomplete');
   const modelDir = path.resolve(runDir, model);
   const adapterDir = summarizeRun(runDir).adapter ?? path.join(runDir, 'adapter');
-  const prepared = await preparePlayground({
+  const prepared = await (opts.prepare ?? preparePlayground)({
     modelDir, adapterDir, cacheDir: path.join(runDir, 'playground'), runtimePath: opts.runtimePath, token: opts.token,
     onProgress: (p) => opts.onProgress?.(p.message), onLog: opts.onLog,
   });

@@ -11,8 +11,8 @@ import { CancellationToken } from '../runtime/process';
 import { writeJsonAtomic } from '../util/atomicWrite';
 
 export class PlaygroundError extends Error {
-  constructor(message: string, readonly hint?: string) {
-    super(hint ? `${message}. ${hint}` : message);
+  constructor(readonly detail: string, readonly hint?: string) {
+    super(hint ? `${detail}. ${hint}` : detail);
     this.name = 'PlaygroundError';
   }
 }
@@ -26,10 +26,18 @@ export interface PrepareOptions {
   cacheDir: string;
   /** The lora-runtime binary (found by core/runtime/locate). */
   runtimePath: string;
+  /** Stops the merge, and the ONNX writer at its next layer; a cancelled step leaves no partial folder. */
   token?: CancellationToken;
-  onProgress?: (p: { phase: 'merge' | 'export-base' | 'export-adapter' | 'cached'; message: string }) => void;
+  /** One message as each step starts, then the ONNX writer's layers ("…: Layer 3 of 32"). */
+  onProgress?: (p: PrepareProgress) => void;
   /** The runtime's stderr, line by line. */
   onLog?: (line: string) => void;
+}
+
+export const PREPARE_PHASES = ['merge', 'export-base', 'export-adapter', 'cached'] as const;
+export interface PrepareProgress {
+  phase: (typeof PREPARE_PHASES)[number];
+  message: string;
 }
 
 export interface PreparedModels {
@@ -104,10 +112,19 @@ async function mergeForPlayground(opts: PrepareOptions, out: string): Promise<vo
   }
 }
 
-function exportTo(modelDir: string, outDir: string): void {
+/** exportOnnx into a temporary folder renamed into place, so a failed or cancelled export
+ *  leaves the previous graph (or nothing) rather than a partial one. */
+function exportTo(modelDir: string, outDir: string, opts: PrepareOptions, step: PrepareProgress): void {
   const tmp = `${outDir}.tmp-${process.pid}`;
   fs.rmSync(tmp, { recursive: true, force: true });
-  exportOnnx({ modelDir, outDir: tmp });
+  opts.onProgress?.(step);
+  try {
+    exportOnnx({ modelDir, outDir: tmp, token: opts.token, onProgress: (p) => opts.onProgress?.({ phase: step.phase, message: `${step.message}: ${p.message}` }) });
+  } catch (e) {
+    fs.rmSync(tmp, { recursive: true, force: true });
+    if (opts.token?.isCancellationRequested) throw new PlaygroundError('cancelled');
+    throw e;
+  }
   fs.rmSync(outDir, { recursive: true, force: true });
   fs.renameSync(tmp, outDir);
 }
@@ -142,10 +159,9 @@ export async function preparePlayground(opts: PrepareOptions): Promise<PreparedM
   };
 
   if (!done.base) {
-    opts.onProgress?.({ phase: 'export-base', message: 'Exporting the base model to ONNX' });
     stamp.done.base = false;
     writeStamp(cacheDir, stamp);
-    exportTo(modelDir, baseOnnx);
+    exportTo(modelDir, baseOnnx, opts, { phase: 'export-base', message: 'Exporting the base model to ONNX' });
     stamp.done.base = rebuilt.base = true;
     writeStamp(cacheDir, stamp);
   }
@@ -160,8 +176,7 @@ export async function preparePlayground(opts: PrepareOptions): Promise<PreparedM
       writeStamp(cacheDir, stamp);
     }
     cancelled();
-    opts.onProgress?.({ phase: 'export-adapter', message: 'Exporting the merged model to ONNX' });
-    exportTo(mergedDir, adapterOnnx);
+    exportTo(mergedDir, adapterOnnx, opts, { phase: 'export-adapter', message: 'Exporting the merged model to ONNX' });
     stamp.done.adapter = rebuilt.adapter = true;
     writeStamp(cacheDir, stamp);
   }
