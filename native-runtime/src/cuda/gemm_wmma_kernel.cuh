@@ -20,6 +20,7 @@
 
 #include "cuda/common.hpp"
 #include "cuda/gemm.hpp"
+#include "cuda/kernel_support.cuh"
 
 #if defined(__CUDACC__)
 #include <mma.h>
@@ -29,6 +30,9 @@
 #endif
 
 namespace lora::cuda::wmma_gemm {
+// A name of its own per build (kernel_support.cuh), so that this header compiled for the host
+// emulator (test_cuda_gemm_emulated.cpp) and the nvcc launch stubs never share weak symbols.
+inline namespace LORA_KERNEL_ABI {
 
 constexpr int kBK = 32;   // K slice per stage
 constexpr int kPad = 8;   // elements added to each shared row: spreads banks, keeps 16-byte rows
@@ -258,4 +262,5 @@ std::vector<Band> plan_bands(const GemmArgs& a) {
   return bands;
 }
 
+}  // namespace LORA_KERNEL_ABI
 }  // namespace lora::cuda::wmma_gemm
