@@ -8,6 +8,7 @@
 #include <cstring>
 #include <map>
 #include <new>
+#include <stdexcept>
 #include <string>
 #include <thread>
 #include <vector>
@@ -16,11 +17,14 @@
 #include "common/json.hpp"
 #include "common/threadpool.hpp"
 #include "cuda/cuda.hpp"
+#include "model/forward.hpp"
 #include "model/logits.hpp"
+#include "model/lora.hpp"
 #include "model/merge.hpp"
 #include "model/model.hpp"
 #include "train/adapter.hpp"
 #include "train/events.hpp"
+#include "train/run_config.hpp"
 #include "train/trainer.hpp"
 
 namespace {
@@ -33,6 +37,7 @@ const char* const kUsage =
     "  lora-runtime devices\n"
     "  lora-runtime inspect --model DIR\n"
     "  lora-runtime train --run RUN_DIR [--resume]\n"
+    "  lora-runtime estimate --run RUN_DIR\n"
     "  lora-runtime eval --model DIR [--adapter DIR] --data SHARD [--quant none|nf4|fp4|int8]\n"
     "                    [--seq-len N] [--micro-batch N] [--threads N] [--device auto|cpu|cuda:N]\n"
     "  lora-runtime logits --model DIR [--adapter DIR] --tokens ID,ID,... [--quant none|nf4|fp4|int8]\n"
@@ -282,6 +287,79 @@ int cmd_merge(const Args& a) {
   return kExitOk;
 }
 
+// The memory the trainer's pre-flight check computes for RUN_DIR/run.json, without training
+// and without a GPU (the device estimate is host arithmetic): the model is loaded and
+// quantized as `train` would, the adapter created from lora.*, and one micro-batch of
+// micro_batch x seq_len tokens sized. (`train` takes min(micro_batch, rows of the shard),
+// so for a shard with fewer rows than micro_batch this is an upper bound.) The extension's
+// estimate (src/core/estimate.ts) is tested against this output.
+int cmd_estimate(const Args& a) {
+  std::string run_dir = a.need("--run");
+  while (run_dir.size() > 1 && run_dir.back() == '/') run_dir.pop_back();
+  const RunConfig cfg = load_run_config(run_dir);
+  const Model model = load_model(cfg.model, cfg.quant);
+  LoraSpec spec;
+  spec.r = cfg.r;
+  spec.alpha = cfg.alpha;
+  spec.dropout = cfg.dropout;
+  spec.rslora = cfg.rslora;
+  spec.targets = resolve_targets(cfg, model.cfg.arch);
+  const LoraState lora = lora_create(model, spec, cfg.seed, cfg.file, cfg.r_line);
+  const int64_t tokens = cfg.micro_batch * cfg.seq_len;
+  const uint64_t n_params = lora.params.size();
+
+  Json out = Json::object();
+  out.set("tokens", tokens);
+  out.set("params_trainable", n_params);
+  std::string unsupported;
+  cuda::DeviceEstimate e;
+  if (cuda::compiled()) {
+    cuda::CudaTrainOptions opt;
+    opt.offload_activations = cfg.offload_activations;
+    // The CUDA kernels refuse some shapes (e.g. a head size that is not a multiple of 8)
+    // while sizing them: that is "cannot run on a GPU", not a failure of this command.
+    try {
+      e = cuda::estimate_device(model, lora, tokens, cfg.grad_checkpointing, opt);
+    } catch (const std::invalid_argument& err) {
+      unsupported = err.what();
+    }
+  }
+  if (cuda::compiled() && unsupported.empty()) {
+    Json parts = Json::object();
+    parts.set("base", e.base);
+    parts.set("lora", e.lora);
+    parts.set("layer_inputs", e.layer_inputs);
+    parts.set("activations", e.activations);
+    parts.set("dequant", e.dequant);
+    parts.set("lm_head", e.lm_head);
+    parts.set("scratch", e.scratch);
+    parts.set("gemm_workspace", e.gemm_workspace);
+    Json d = Json::object();
+    d.set("bytes", e.total());
+    // What the trainer adds for the CUDA context before comparing with free GPU memory.
+    d.set("context_reserve", uint64_t(512) << 20);
+    d.set("parts", parts);
+    out.set("device", d);
+  } else {
+    out.set("device", Json());
+    if (!unsupported.empty()) out.set("device_unsupported", unsupported);
+  }
+  // The trainer's host-memory check on the CPU path (trainer.cpp make_engine): the base as
+  // loaded, 7 fp32 vectors per LoRA parameter, the CPU workspace of one micro-batch.
+  const uint64_t cpu_base = model.bytes_held, cpu_lora = n_params * 4 * 7,
+                 cpu_ws = workspace_bytes(model, lora, tokens, cfg.grad_checkpointing);
+  Json cparts = Json::object();
+  cparts.set("base", cpu_base);
+  cparts.set("lora", cpu_lora);
+  cparts.set("workspace", cpu_ws);
+  Json c = Json::object();
+  c.set("bytes", cpu_base + cpu_lora + cpu_ws);
+  c.set("parts", cparts);
+  out.set("cpu", c);
+  print_json(out);
+  return kExitOk;
+}
+
 Json error_fields(const std::string& code, const std::string& message, const std::string& hint = {},
                   const std::string& file = {}, int64_t line = 0, const std::string& field = {}) {
   Json e = Json::object();
@@ -337,6 +415,7 @@ int main(int argc, char** argv) {
       return cmd_logits(Args(argc, argv, 2, {"--model", "--adapter", "--tokens", "--quant", "--positions", "--threads"}, {}));
     if (cmd == "merge")
       return cmd_merge(Args(argc, argv, 2, {"--model", "--adapter", "--out", "--dtype", "--quant", "--shard-size", "--threads"}, {"--force"}));
+    if (cmd == "estimate") return cmd_estimate(Args(argc, argv, 2, {"--run"}, {}));
     if (is_train) {
       Args a(argc, argv, 2, {"--run"}, {"--resume"});
       return run_train(a.need("--run"), a.switches.count("--resume") > 0, events, progress);

@@ -62,7 +62,26 @@ std::unique_ptr<TrainEngine> make_cuda_engine(const Model& model, LoraState& lor
 // copies, gradients and AdamW moments, and the activations of one micro-batch of `tokens`
 // tokens (with or without per-layer checkpointing / offload), the LM-head chunk and the
 // dequantization scratch. Used to refuse a run that cannot fit before loading anything.
+// Host arithmetic only: it needs no GPU and never touches the driver.
 uint64_t estimate_device_bytes(const Model& model, const LoraState& lora, int64_t tokens, bool checkpointing,
+                               const CudaTrainOptions& opt);
+
+// The same estimate by part (`lora-runtime estimate`); total() == estimate_device_bytes.
+struct DeviceEstimate {
+  uint64_t base = 0;            // frozen base as the device holds it (device_model_bytes)
+  uint64_t lora = 0;            // adapter: fp32 weights, gradients, 2 moments, bf16 copy
+  uint64_t layer_inputs = 0;    // fp32 layer inputs kept for backward (L + 1, or 2 with offload)
+  uint64_t activations = 0;     // saved activations of the kept layers (L, or 1 with checkpointing)
+  uint64_t dequant = 0;         // one dequantized weight, quantized bases only
+  uint64_t lm_head = 0;         // target rows and the LM head + cross-entropy chunk
+  uint64_t scratch = 0;         // batch, final norm, backward scratch, attention backward workspace
+  uint64_t gemm_workspace = 0;  // the GEMM backend's workspace
+  uint64_t total() const {
+    return base + lora + layer_inputs + activations + dequant + lm_head + scratch + gemm_workspace;
+  }
+};
+// All zero in a build without CUDA.
+DeviceEstimate estimate_device(const Model& model, const LoraState& lora, int64_t tokens, bool checkpointing,
                                const CudaTrainOptions& opt);
 
 }  // namespace lora::cuda

@@ -139,11 +139,35 @@ uint64_t allocator_rounded(uint64_t bytes) {
   return (bytes + round - 1) / round * round;
 }
 
+// Counts what Allocate would allocate in `ws` (never allocated itself), sorted by the
+// buffer's place in the workspace.
 struct Count {
-  uint64_t bytes = 0;
+  const DeviceWorkspace& ws;
+  WorkspaceBytes parts;
+
   template <class T>
-  void operator()(DeviceArray<T>&, int64_t n) {
-    if (n > 0) bytes += allocator_rounded(static_cast<uint64_t>(n) * sizeof(T));
+  static bool within(const void* p, const std::vector<T>& list) {
+    if (list.empty()) return false;
+    const auto* b = reinterpret_cast<const char*>(list.data());
+    const auto* c = static_cast<const char*>(p);
+    return c >= b && c < b + list.size() * sizeof(T);
+  }
+
+  template <class T>
+  void operator()(DeviceArray<T>& a, int64_t n) {
+    if (n <= 0) return;
+    const uint64_t b = allocator_rounded(static_cast<uint64_t>(n) * sizeof(T));
+    const void* p = &a;
+    if (within(p, ws.xs))
+      parts.layer_inputs += b;
+    else if (within(p, ws.acts))
+      parts.activations += b;
+    else if (p == &ws.w_scratch)
+      parts.dequant += b;
+    else if (p == &ws.head_x || p == &ws.head_dx || p == &ws.head_targets || p == &ws.head_index)
+      parts.lm_head += b;
+    else
+      parts.scratch += b;
   }
 };
 
@@ -615,9 +639,9 @@ double forward_loss(const DeviceModel& model, DeviceLoraState* lora, const Batch
 // plus the attention backward's workspace, one dequantized weight (2 * max_linear_numel,
 // quantized bases only) and the LM head's min(chunk, tokens) x (4V + 4), V padded to 8;
 // every buffer rounded up to the allocator's size class.
-uint64_t device_workspace_bytes(const Model& model, const LoraState& lora, int64_t tokens, bool checkpointing,
-                                const ForwardOptions& opt) {
-  if (tokens <= 0) return 0;
+WorkspaceBytes device_workspace_parts(const Model& model, const LoraState& lora, int64_t tokens, bool checkpointing,
+                                      const ForwardOptions& opt) {
+  if (tokens <= 0) return {};
   Shape s;
   s.rows = 1;
   s.T = tokens;
@@ -629,9 +653,15 @@ uint64_t device_workspace_bytes(const Model& model, const LoraState& lora, int64
   s.dropout = lora.spec.dropout > 0;
   s.with_lora = !lora.spec.targets.empty() && !lora.params.empty();
   DeviceWorkspace sizing;  // never allocated: the visitor only counts
-  Count count;
+  Count count{sizing, {}};
   visit_buffers(sizing, model, &lora, s, count);
-  return count.bytes + lm_head_bytes(model, tokens, std::max<int64_t>(1, opt.lm_head_chunk));
+  count.parts.lm_head += lm_head_bytes(model, tokens, std::max<int64_t>(1, opt.lm_head_chunk));
+  return count.parts;
+}
+
+uint64_t device_workspace_bytes(const Model& model, const LoraState& lora, int64_t tokens, bool checkpointing,
+                                const ForwardOptions& opt) {
+  return device_workspace_parts(model, lora, tokens, checkpointing, opt).total();
 }
 
 }  // namespace lora::cuda

@@ -85,7 +85,18 @@ double forward_loss(const DeviceModel& model, DeviceLoraState* lora, const Batch
                     DeviceWorkspace& ws);
 
 // Device bytes the workspace holds for one forward+backward over `tokens` tokens (of which
-// at most `tokens` are targets), as forward_backward allocates them; see forward.cpp.
+// at most `tokens` are targets), as forward_backward allocates them, by what they hold; see
+// forward.cpp. Each buffer is rounded to the allocator's size class.
+struct WorkspaceBytes {
+  uint64_t layer_inputs = 0;  // xs: the fp32 layer inputs kept for backward
+  uint64_t activations = 0;   // acts: the saved activations of every kept layer
+  uint64_t dequant = 0;       // w_scratch: one dequantized weight (quantized bases)
+  uint64_t lm_head = 0;       // target rows, their final-norm outputs and gradients, the LM-head workspace
+  uint64_t scratch = 0;       // the batch, final norm, backward scratch, attention backward workspace
+  uint64_t total() const { return layer_inputs + activations + dequant + lm_head + scratch; }
+};
+WorkspaceBytes device_workspace_parts(const Model& model, const LoraState& lora, int64_t tokens, bool checkpointing,
+                                      const ForwardOptions& opt);
 uint64_t device_workspace_bytes(const Model& model, const LoraState& lora, int64_t tokens, bool checkpointing,
                                 const ForwardOptions& opt);
 

@@ -27,4 +27,6 @@ std::unique_ptr<TrainEngine> make_cuda_engine(const Model&, LoraState&, const Cu
 
 uint64_t estimate_device_bytes(const Model&, const LoraState&, int64_t, bool, const CudaTrainOptions&) { return 0; }
 
+DeviceEstimate estimate_device(const Model&, const LoraState&, int64_t, bool, const CudaTrainOptions&) { return {}; }
+
 }  // namespace lora::cuda
