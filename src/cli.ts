@@ -464,6 +464,7 @@ async function cmdTrain(args: string[]): Promise<number> {
   if (!json) {
     const est = estimateMemory({
       model, lora: cfg.lora, quant: cfg.quant, train: cfg.train, dtype: cfg.compute.dtype,
+      offloadActivations: cfg.compute.offloadActivations === true,
       device: rt.cuda && cfg.compute.device !== 'cpu' ? 'cuda' : 'cpu',
     });
     log(`trainable: ${loraParamCount(model, cfg.lora.r, cfg.lora.targets).toLocaleString('en-US')} LoRA params; estimated memory ${formatBytes(est.totalBytes)}`);
@@ -693,7 +694,7 @@ function cmdInspect(args: string[]): number {
   const m = inspectOrFail(o.model);
   const cfg = mergeConfig(defaultConfig(), flagsToConfig(o));
   cfg.lora.targets = targetsForModel(cfg.lora.targets, m.targets.map((t) => t.name));
-  const estimateFor = (device: 'cpu' | 'cuda') => estimateMemory({ model: m, lora: cfg.lora, quant: cfg.quant, train: cfg.train, device, dtype: cfg.compute.dtype });
+  const estimateFor = (device: 'cpu' | 'cuda') => estimateMemory({ model: m, lora: cfg.lora, quant: cfg.quant, train: cfg.train, device, dtype: cfg.compute.dtype, offloadActivations: cfg.compute.offloadActivations === true });
   const est = { cuda: estimateFor('cuda'), cpu: estimateFor('cpu') };
   if (o.json) {
     process.stdout.write(JSON.stringify({ model: m, estimate: est }) + '\n');

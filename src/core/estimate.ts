@@ -3,49 +3,55 @@
 //
 // Notation: L layers, H hidden, I intermediate, nh/nkv attention/KV heads, hd head size,
 // V vocab, T = micro_batch × seq_len tokens per micro-batch, r LoRA rank, a = bytes of an
-// activation element (4 on CPU, where the runtime computes in fp32; 2 for bf16/fp16 on CUDA).
+// activation element (4 on CPU, where the runtime computes in fp32).
 //
-//   base linear   = Σ decoder linear weights × bytes/element of the quantization:
-//                   none: 4 (CPU) or a (CUDA);  nf4/fp4: 0.5;  int8: 1;  plus the absmax:
+// CPU (calibrated against the runtime's measured peak RSS, test/unit/estimate-runtime.test.ts):
+//   base linear   = Σ decoder linear weights × 4, or for nf4/fp4 0.5, int8 1, plus the absmax:
 //                   4/B per element (fp32 per block of B), or with double quantization
 //                   1/B + 4/(256·B) (8-bit absmax, one fp32 scale per 256 blocks)
-//   base other    = embeddings, LM head, norms, biases at the checkpoint's dtype (fp32 on CPU)
-//   dequant       = the largest linear weight at compute precision: the runtime dequantizes
-//                   one weight at a time into a scratch matrix (always on CPU; CUDA when quantized)
+//   base other    = embeddings, LM head, norms, biases in fp32
+//   dequant       = the largest linear weight in fp32 (dequantized one weight at a time)
 //   LoRA          = P = Σ_targets L × r × (in + out);  P × (4 master + 4 grad + 8 AdamW m,v)
 //                   (SGD: P × 8)
 //   activations   = per token and layer the runtime keeps (model/forward.hpp LayerActs):
 //                   A = a × (3H + 2 + 2·nh·hd + 2·nkv·hd + nh + 3I + Σ_targets r)
-//                       + Σ_targets in × (a + 1) when dropout > 0 (the dropped-out LoRA input
-//                         and its 1-byte mask; without dropout the layer input is reused)
-//                   plus every layer's input (L + 1) × H × a.
+//                       + Σ_targets in × (a + 1) when dropout > 0
 //                   Without checkpointing: T × (L × A + (L + 1)·H·a)
-//                   With checkpointing:    T × (A + (L + 1)·H·a)   (one layer recomputed at a time)
-//   backward      = gradient scratch for one layer: T × a × (4H + 2·nh·hd + 2·nkv·hd + 3I)
-//   logits chunk  = the LM head runs over chunks of c = min(1024, 16 MiB / (4V)) target tokens:
-//                   c × V × 4 (logits, their gradient in place) + 2 × c × H × 4
-//   overhead      = CUDA context + cuBLAS workspace allowance (600 MiB), or the process's
-//                   code, libraries and thread stacks on CPU (8 MiB, measured)
-//   slack         = 5% of the above on CUDA for allocator fragmentation
-// test/unit/estimate-runtime.test.ts checks it against the runtime's measured peak RSS on CPU;
-// see docs/estimate.md.
+//                   With checkpointing:    T × (A + (L + 1)·H·a)
+//   backward      = T × a × (4H + 2·nh·hd + 2·nkv·hd + 3I)
+//   logits chunk  = c × V × 4 + 2 × c × H × 4, c = min(1024, 16 MiB / (4V)) target tokens
+//   overhead      = the process's code, libraries and thread stacks (8 MiB, measured)
+//
+// CUDA: the runtime's own accounting (cuda::estimate_device in native-runtime/src/cuda/
+// engine.cpp, forward.cpp visit_buffers, device_model.cpp device_model_bytes), buffer by
+// buffer with the same precisions and the caching allocator's size classes, plus the 0.5 GiB
+// the trainer reserves for the CUDA context before comparing with free GPU memory; see
+// cudaParts below and docs/estimate.md. test/native/estimate.test.ts checks it against
+// `lora-runtime estimate`.
 import { ModelInspection, TargetModuleInfo, targetShapes } from './model/inspect';
 import { DTYPE_BYTES } from './model/dtype';
 
 export interface EstimateInput {
+  /** The CUDA branch also reads architecture (GPT-2 or not; else guessed from the module
+   *  names), tieWordEmbeddings and maxPositionEmbeddings (GPT-2's position table) when given. */
   model: Pick<ModelInspection, 'layers' | 'hidden' | 'intermediate' | 'heads' | 'kvHeads' | 'headDim' | 'vocab' |
-    'targets' | 'paramsLinear' | 'paramsOther' | 'dtype'>;
+    'targets' | 'paramsLinear' | 'paramsOther' | 'dtype'> &
+    Partial<Pick<ModelInspection, 'architecture' | 'tieWordEmbeddings' | 'maxPositionEmbeddings'>>;
   lora: { r: number; targets: readonly string[]; dropout: number };
   quant: { type: 'none' | 'nf4' | 'fp4' | 'int8'; doubleQuant: boolean; blockSize: number };
   train: { seqLen: number; microBatch: number; gradCheckpointing: boolean; optimizer: 'adamw' | 'sgd' };
   /** Where it runs: CPU (RAM) or a CUDA GPU (VRAM). */
   device: 'cpu' | 'cuda';
-  /** Compute dtype on CUDA (the CPU path computes in fp32). */
+  /** compute.dtype. Neither path's memory depends on it: the CPU computes in fp32 and the
+   *  CUDA path in bf16 with fp32 LoRA states whatever is asked. */
   dtype: 'fp32' | 'bf16' | 'fp16';
+  /** compute.offloadActivations (CUDA with checkpointing only): the layer inputs wait in
+   *  pinned host memory, 2 stay on the device instead of L + 1. */
+  offloadActivations?: boolean;
 }
 
 export interface EstimatePart {
-  key: 'base_linear' | 'base_other' | 'dequant' | 'lora' | 'activations' | 'backward' | 'logits' | 'overhead' | 'slack';
+  key: 'base_linear' | 'base_other' | 'dequant' | 'lora' | 'activations' | 'backward' | 'logits' | 'overhead';
   label: string;
   bytes: number;
   detail: string;
@@ -59,14 +65,20 @@ export interface MemoryEstimate {
   /** Bytes of the base weights before and after quantization (linear + other). */
   baseBytesUnquantized: number;
   baseBytesQuantized: number;
-  /** Activation bytes with and without checkpointing, whichever is chosen. */
+  /** Activation bytes with and without checkpointing, whichever is chosen (on CUDA the saved
+   *  activations and the kept layer inputs, offload applied to the checkpointed figure). */
   activationsWithCheckpointing: number;
   activationsWithoutCheckpointing: number;
 }
 
-export const CUDA_CONTEXT_BYTES = 600 * 1024 * 1024;
 export const CPU_PROCESS_BYTES = 8 * 1024 * 1024;
-export const CUDA_SLACK_FRACTION = 0.05;
+/** What the trainer keeps free for the CUDA context on top of its estimate (trainer.cpp
+ *  kContextReserve): the context is not allocated through the runtime's allocator. */
+export const CUDA_CONTEXT_RESERVE_BYTES = 512 * 1024 * 1024;
+/** cuBLASLt's workspace (native-runtime/src/cuda/gemm.cpp kWorkspaceBytes). */
+export const CUDA_GEMM_WORKSPACE_BYTES = 32 * 1024 * 1024;
+/** Target rows per LM-head + cross-entropy chunk on CUDA (CudaTrainOptions::lm_head_chunk). */
+export const CUDA_LM_HEAD_CHUNK = 1024;
 
 /** Bytes per weight element under a quantization, including the absmax storage. */
 export function quantBytesPerElement(type: EstimateInput['quant']['type'], doubleQuant: boolean, blockSize: number, unquantized: number): number {
@@ -81,25 +93,35 @@ export function logitsChunkTokens(vocab: number, tokens: number): number {
 }
 
 export function estimateMemory(inp: EstimateInput): MemoryEstimate {
+  return inp.device === 'cuda' ? estimateCuda(inp) : estimateCpu(inp);
+}
+
+// GPT-2's c_proj selects two modules per layer: count each (targetShapes).
+const shapesOf = (t: TargetModuleInfo) => targetShapes(t);
+const mib = (n: number) => `${(n / 2 ** 20).toFixed(1)} MiB`;
+
+function loraParams(inp: EstimateInput): number {
+  const chosen = inp.model.targets.filter((t) => inp.lora.targets.includes(t.name));
+  return chosen.reduce((s, t) => s + shapesOf(t).reduce((u, x) => u + t.layers * inp.lora.r * (x.inFeatures + x.outFeatures), 0), 0);
+}
+
+function estimateCpu(inp: EstimateInput): MemoryEstimate {
   const m = inp.model;
-  const cpu = inp.device === 'cpu';
-  const a = cpu || inp.dtype === 'fp32' ? 4 : 2;
+  const a = 4;
   const T = inp.train.microBatch * inp.train.seqLen;
   const L = m.layers, H = m.hidden, I = m.intermediate;
   const qDim = m.heads * m.headDim, kvDim = m.kvHeads * m.headDim;
   const chosen = m.targets.filter((t) => inp.lora.targets.includes(t.name));
 
-  const linearUnq = cpu ? 4 : a;
+  const linearUnq = 4;
   const perElem = quantBytesPerElement(inp.quant.type, inp.quant.doubleQuant, inp.quant.blockSize, linearUnq);
   const baseLinear = Math.ceil(m.paramsLinear * perElem);
-  const otherBytes = cpu ? 4 : DTYPE_BYTES[m.dtype] ?? 2;
+  const otherBytes = 4;
   const baseOther = m.paramsOther * otherBytes;
-  // GPT-2's c_proj selects two modules per layer: count each (targetShapes).
-  const shapesOf = (t: TargetModuleInfo) => targetShapes(t);
   const largest = m.targets.reduce((mx, t) => Math.max(mx, ...shapesOf(t).map((s) => s.inFeatures * s.outFeatures)), 0);
-  const dequant = cpu || inp.quant.type !== 'none' ? largest * (cpu ? 4 : a) : 0;
+  const dequant = largest * 4;
 
-  const P = chosen.reduce((s, t) => s + shapesOf(t).reduce((u, x) => u + t.layers * inp.lora.r * (x.inFeatures + x.outFeatures), 0), 0);
+  const P = loraParams(inp);
   const loraBytes = P * (inp.train.optimizer === 'adamw' ? 16 : 8);
 
   const loraActs = chosen.reduce((s, t) => s + shapesOf(t).length, 0) * inp.lora.r;
@@ -113,9 +135,8 @@ export function estimateMemory(inp: EstimateInput): MemoryEstimate {
   const backward = T * a * (4 * H + 2 * qDim + 2 * kvDim + 3 * I);
   const c = logitsChunkTokens(m.vocab, T);
   const logits = c * m.vocab * 4 + 2 * c * H * 4;
-  const overhead = cpu ? CPU_PROCESS_BYTES : CUDA_CONTEXT_BYTES;
+  const overhead = CPU_PROCESS_BYTES;
 
-  const mib = (n: number) => `${(n / 2 ** 20).toFixed(1)} MiB`;
   const parts: EstimatePart[] = [
     { key: 'base_linear', label: 'Base weights (linear layers)', bytes: baseLinear,
       detail: `${m.paramsLinear.toLocaleString('en-US')} params × ${perElem.toFixed(4)} B (${inp.quant.type}${inp.quant.type !== 'none' && inp.quant.doubleQuant ? ' + double quant' : ''})` },
@@ -128,24 +149,142 @@ export function estimateMemory(inp: EstimateInput): MemoryEstimate {
       detail: `${T} tokens × ${L} layers; the other choice would need ${mib(inp.train.gradCheckpointing ? actsNoCkpt : actsCkpt)}` },
     { key: 'backward', label: 'Backward scratch', bytes: backward, detail: `${T} tokens, one layer` },
     { key: 'logits', label: 'Logits chunk', bytes: logits, detail: `${c} tokens × vocab ${m.vocab} × fp32` },
-    { key: 'overhead', label: cpu ? 'Process overhead' : 'CUDA context and workspace', bytes: overhead, detail: cpu ? 'runtime binary, thread stacks' : 'allowance' },
+    { key: 'overhead', label: 'Process overhead', bytes: overhead, detail: 'runtime binary, thread stacks' },
   ];
-  let total = parts.reduce((s, p) => s + p.bytes, 0);
-  if (!cpu) {
-    const slack = Math.ceil((total - overhead) * CUDA_SLACK_FRACTION);
-    parts.push({ key: 'slack', label: 'Allocator slack', bytes: slack, detail: `${CUDA_SLACK_FRACTION * 100}% for fragmentation` });
-    total += slack;
-  }
-  const unqBytes = m.paramsLinear * linearUnq + baseOther;
+  const total = parts.reduce((s, p) => s + p.bytes, 0);
   return {
     parts,
     totalBytes: total,
     trainableParams: P,
     totalParams: m.paramsLinear + m.paramsOther,
-    baseBytesUnquantized: unqBytes,
+    baseBytesUnquantized: m.paramsLinear * linearUnq + baseOther,
     baseBytesQuantized: baseLinear + baseOther,
     activationsWithCheckpointing: actsCkpt,
     activationsWithoutCheckpointing: actsNoCkpt,
+  };
+}
+
+/** The runtime's caching allocator hands out size classes: 512 B steps below 1 MiB, 2 MiB
+ *  steps above (native-runtime/src/cuda/memory.cpp). The workspace is counted rounded. */
+export function allocatorRounded(bytes: number): number {
+  if (bytes <= 0) return 0;
+  const step = bytes < 2 ** 20 ? 512 : 2 * 2 ** 20;
+  return Math.ceil(bytes / step) * step;
+}
+
+/** Device bytes of one decoder linear weight [out, in] as the runtime holds it: bf16 when
+ *  unquantized; else the codes (2 per byte for 4-bit), an fp32 absmax per block of B, or
+ *  with double quantization a uint8 absmax per block, an fp32 scale per 256 blocks and one
+ *  fp32 mean (quant/quant.cpp QuantizedMatrix::bytes). */
+export function deviceLinearBytes(numel: number, q: EstimateInput['quant']): number {
+  if (q.type === 'none') return numel * 2;
+  const codes = q.type === 'int8' ? numel : Math.ceil(numel / 2);
+  const blocks = Math.ceil(numel / q.blockSize);
+  return codes + (q.doubleQuant ? blocks + Math.ceil(blocks / 256) * 4 + 4 : blocks * 4);
+}
+
+/** The CUDA workspace of one forward + backward over T tokens, every token a target (the
+ *  worst case the runtime sizes for), buffer by buffer as visit_buffers in
+ *  native-runtime/src/cuda/forward.cpp allocates it. */
+function cudaWorkspace(inp: EstimateInput, T: number, checkpointing: boolean, gpt2: boolean, quantized: boolean) {
+  const m = inp.model;
+  const N = T, n = T, C = m.hidden, I = m.intermediate, L = m.layers, Hq = m.heads, Hkv = m.kvHeads, D = m.headDim;
+  const Dq = Hq * D, Dkv = Hkv * D, r = inp.lora.r;
+  const R = allocatorRounded;
+  // One entry per module the adapter targets (GPT-2's c_proj is two).
+  const modules = m.targets.filter((t) => inp.lora.targets.includes(t.name)).flatMap((t) => shapesOf(t));
+  const withLora = modules.length > 0 && r > 0;
+  const dropout = inp.lora.dropout > 0;
+  const offload = checkpointing && inp.offloadActivations === true && L > 1;
+
+  const layerInputs = (offload ? 2 : L + 1) * R(N * C * 4);
+  let act = R(N * C * 2) + R(N * Dq * 2) + 2 * R(N * Dkv * 2) + R(N * Dq * 2) + R(N * Hq * 4) + R(N * C * 4) +
+    R(N * C * 2) + 2 * R(N * 4) + (gpt2 ? 2 * R(N * 4) : R(N * I * 2)) + 2 * R(N * I * 2);
+  let maxIn = 0;
+  if (withLora) {
+    for (const x of modules) {
+      act += R(N * r * 2) + (dropout ? R(N * x.inFeatures * 2) : 0);
+      maxIn = Math.max(maxIn, x.inFeatures);
+    }
+  }
+  const activations = (checkpointing ? 1 : L) * act;
+  const largest = m.targets.reduce((mx, t) => Math.max(mx, ...shapesOf(t).map((s) => s.inFeatures * s.outFeatures)), 0);
+  const dequant = quantized ? R(largest * 2) : 0;
+
+  const align = (b: number) => Math.ceil(b / 256) * 256;
+  const attnWs = align(N * Hq * D * 4) + align(N * Hq * 4) + (Hq !== Hkv ? 2 * align(N * Hkv * D * 4) : 0);
+  const wide = Math.max(I, Dq);
+  const scratch = 3 * R(N * 4) /* tokens, pos, doc_start */ + R(N * C * 2) + R(N * 4) /* final norm */ +
+    (gpt2 ? R(N * 4) + R(N * 3 * C * 2) : 0) +
+    (checkpointing ? R(N * C * 4) : 0) /* recomputed layer's output */ +
+    2 * R(N * C * 4) + R(N * wide * 4) + R(N * C * 2) + R(N * wide * 2) + R(N * I * 2) + (gpt2 ? 0 : R(N * I * 2)) +
+    R(N * Dq * 2) + 2 * R(N * Dkv * 2) + (gpt2 ? R(N * 3 * C * 2) : 0) +
+    (withLora ? R(N * r * 2) + (dropout ? R(N * maxIn * 4) : 0) : 0) + R(attnWs);
+  // Target ids and rows, their final-norm outputs and gradients, and the LM-head workspace:
+  // min(chunk, n) rows of fp32 logits over V padded to 8, a loss per row, one fp64 total.
+  const rows = Math.max(1, Math.min(n, CUDA_LM_HEAD_CHUNK));
+  const lmHead = R(n * 4) + R(n * 8) + R(n * C * 2) + R(n * C * 4) +
+    R(rows * Math.ceil(m.vocab / 8) * 8 * 4) + R(rows * 4) + R(8);
+  return { layerInputs, activations, dequant, scratch, lmHead, offload };
+}
+
+function estimateCuda(inp: EstimateInput): MemoryEstimate {
+  const m = inp.model;
+  const T = inp.train.microBatch * inp.train.seqLen;
+  const L = m.layers, C = m.hidden;
+  const gpt2 = m.architecture !== undefined ? m.architecture === 'GPT2LMHeadModel' : m.targets.some((t) => t.name === 'c_attn');
+  const quantized = inp.quant.type !== 'none';
+
+  // Base: every decoder linear as loaded (device_model_bytes), not rounded, as the runtime counts it.
+  const baseLinear = m.targets.reduce((s, t) => s + t.layers * shapesOf(t).reduce((u, x) => u + deviceLinearBytes(x.inFeatures * x.outFeatures, inp.quant), 0), 0);
+  // Embeddings, the LM head unless tied, GPT-2's position table: bf16. Norms and biases
+  // (everything else that is not a decoder linear): fp32. RoPE's inverse frequencies: fp32.
+  const tied = m.tieWordEmbeddings ?? gpt2;
+  const tables = m.vocab * C * (tied ? 1 : 2) + (gpt2 ? (m.maxPositionEmbeddings ?? 1024) * C : 0);
+  const vectors = Math.max(0, m.paramsOther - tables);
+  const invFreq = gpt2 ? 0 : Math.floor(m.headDim / 2);
+  const baseOther = tables * 2 + (vectors + invFreq) * 4;
+
+  // Adapter: fp32 weights, gradients and both AdamW moments (allocated for SGD too), and the
+  // bf16 copy the GEMMs read (device_lora_bytes).
+  const P = loraParams(inp);
+  const loraBytes = P * 18;
+
+  const ws = cudaWorkspace(inp, T, inp.train.gradCheckpointing, gpt2, quantized);
+  const wsCkpt = cudaWorkspace(inp, T, true, gpt2, quantized);
+  const wsFull = cudaWorkspace(inp, T, false, gpt2, quantized);
+  const activations = ws.layerInputs + ws.activations;
+  const overhead = CUDA_GEMM_WORKSPACE_BYTES + CUDA_CONTEXT_RESERVE_BYTES;
+  const ckpt = inp.train.gradCheckpointing;
+  const actLabel = ckpt ? (ws.offload ? 'with checkpointing, inputs offloaded' : 'with checkpointing') : 'without checkpointing';
+  const kept = ckpt ? (ws.offload ? '1 layer recomputed, 2 layer inputs on the GPU' : `1 layer recomputed, ${L + 1} layer inputs`) : `${L} layers, ${L + 1} layer inputs`;
+
+  const parts: EstimatePart[] = [
+    { key: 'base_linear', label: 'Base weights (linear layers)', bytes: baseLinear,
+      detail: `${m.paramsLinear.toLocaleString('en-US')} params, ${quantized ? `${inp.quant.type}${inp.quant.doubleQuant ? ' + double quant' : ''} codes and scales` : 'bf16'}` },
+    { key: 'base_other', label: 'Base weights (embeddings, head, norms)', bytes: baseOther,
+      detail: `${tables.toLocaleString('en-US')} embedding/head params × 2 B, ${(vectors + invFreq).toLocaleString('en-US')} norm/bias params × 4 B` },
+    { key: 'dequant', label: 'Dequantization scratch', bytes: ws.dequant, detail: quantized ? 'the largest linear weight in bf16' : 'none: the base is bf16' },
+    { key: 'lora', label: 'LoRA weights, gradients, optimizer states', bytes: loraBytes,
+      detail: `${P.toLocaleString('en-US')} params × 18 B (fp32 weights, gradients, 2 moments; bf16 copy)` },
+    { key: 'activations', label: `Activations (${actLabel})`, bytes: activations,
+      detail: `${T} tokens, ${kept}; ${ckpt ? `without checkpointing ${mib(wsFull.layerInputs + wsFull.activations)}` : `with checkpointing ${mib(wsCkpt.layerInputs + wsCkpt.activations)}`}` },
+    { key: 'backward', label: 'Backward scratch', bytes: ws.scratch, detail: `${T} tokens, one layer's gradients, attention workspace` },
+    { key: 'logits', label: 'LM head chunk', bytes: ws.lmHead, detail: `${Math.min(T, CUDA_LM_HEAD_CHUNK)} tokens × vocab ${m.vocab} × fp32` },
+    { key: 'overhead', label: 'CUDA context and GEMM workspace', bytes: overhead,
+      detail: `${mib(CUDA_CONTEXT_RESERVE_BYTES)} the runtime keeps free for the context, ${mib(CUDA_GEMM_WORKSPACE_BYTES)} cuBLASLt workspace` },
+  ];
+  const total = parts.reduce((s, p) => s + p.bytes, 0);
+  const baseOtherUnq = tables * 2 + (vectors + invFreq) * 4;
+  return {
+    parts,
+    totalBytes: total,
+    trainableParams: P,
+    totalParams: m.paramsLinear + m.paramsOther,
+    baseBytesUnquantized: m.paramsLinear * 2 + baseOtherUnq,
+    baseBytesQuantized: baseLinear + baseOther,
+    activationsWithCheckpointing: wsCkpt.layerInputs + wsCkpt.activations,
+    activationsWithoutCheckpointing: wsFull.layerInputs + wsFull.activations,
   };
 }
 

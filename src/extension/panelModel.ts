@@ -75,6 +75,7 @@ export function estimateInfo(model: ModelInspection, c: TrainConfig, device: Dev
     train: { seqLen: c.train.seqLen, microBatch: c.train.microBatch, gradCheckpointing: c.train.gradCheckpointing, optimizer: c.train.optimizer },
     device: onGpu ? 'cuda' : 'cpu',
     dtype: c.compute.dtype,
+    offloadActivations: c.compute.offloadActivations === true,
   });
   return {
     parts: e.parts.filter((p) => p.bytes > 0).map((p) => ({ label: p.label, bytes: p.bytes })),
