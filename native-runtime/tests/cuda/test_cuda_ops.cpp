@@ -29,6 +29,7 @@
 #include "formats/model_config.hpp"
 #include "formats/safetensors.hpp"
 #include "gradcheck.hpp"
+#include "ops_check.hpp"
 #include "ops/adamw.hpp"
 #include "ops/gelu.hpp"
 #include "ops/layernorm.hpp"
@@ -45,15 +46,7 @@ using cu::DeviceArray;
 
 namespace {
 
-constexpr double kBf16Rel = 1.0 / 256.0;  // 2^-8: half an ulp of bf16, relative
-
 cudaStream_t stream() { return cu::current().stream; }
-
-std::vector<float> rand_bf16(int64_t n, uint32_t seed, float lo = -1.f, float hi = 1.f) {
-  std::vector<float> v = random_vec(n, seed, lo, hi);
-  round_to_bf16(v);
-  return v;
-}
 
 // Reads n bf16 values at p (any device pointer, also one offset into an array).
 std::vector<float> download_bf16(const bf16* p, size_t n) {
@@ -82,57 +75,6 @@ void upload_f32(float* p, const std::vector<float>& v) {
   if (!v.empty()) cu::copy_to_device(p, v.data(), v.size() * 4);
 }
 
-// |gpu - cpu| <= atol + rtol |cpu| everywhere; one failure line naming the worst element.
-void check_close(const std::string& what, const std::vector<float>& gpu, const std::vector<float>& cpu, double atol,
-                 double rtol) {
-  if (gpu.size() != cpu.size()) {
-    record_failure(__FILE__, __LINE__, what + ": sizes differ");
-    return;
-  }
-  double worst = 0;
-  size_t at = 0;
-  for (size_t i = 0; i < gpu.size(); ++i) {
-    const double d = std::fabs(double(gpu[i]) - double(cpu[i]));
-    const double tol = atol + rtol * std::fabs(double(cpu[i]));
-    if (d <= tol) continue;  // also exact matches under a zero tolerance
-    const double r = std::isnan(d) ? 1e30 : tol > 0 ? d / tol : 1e30;
-    if (r > worst) {
-      worst = r;
-      at = i;
-    }
-  }
-  if (worst > 0) {
-    std::ostringstream os;
-    os.precision(9);
-    os << what << ": element " << at << " gpu " << gpu[at] << " cpu " << cpu[at] << " is " << worst
-       << "x the tolerance (atol " << atol << ", rtol " << rtol << ")";
-    record_failure(__FILE__, __LINE__, os.str());
-  }
-}
-
-// GPU bf16 bits against the CPU's fp32 values rounded to nearest even: must be identical.
-void check_bits(const std::string& what, const std::vector<uint16_t>& gpu, const std::vector<float>& cpu) {
-  if (gpu.size() != cpu.size()) {
-    record_failure(__FILE__, __LINE__, what + ": sizes differ");
-    return;
-  }
-  int64_t bad = 0, first = -1;
-  for (size_t i = 0; i < gpu.size(); ++i) {
-    if (gpu[i] != f32_to_bf16_bits(cpu[i])) {
-      if (first < 0) first = static_cast<int64_t>(i);
-      ++bad;
-    }
-  }
-  if (bad) {
-    std::ostringstream os;
-    os.precision(9);
-    os << what << ": " << bad << " of " << gpu.size() << " bf16 values differ; first at " << first << ": gpu "
-       << bf16_bits_to_f32(gpu[first]) << " cpu " << cpu[first] << " (bf16 "
-       << bf16_bits_to_f32(f32_to_bf16_bits(cpu[first])) << ")";
-    record_failure(__FILE__, __LINE__, os.str());
-  }
-}
-
 template <class Fn>
 bool throws_invalid_argument(Fn fn) {
   try {
@@ -143,17 +85,6 @@ bool throws_invalid_argument(Fn fn) {
     return false;
   }
   return false;
-}
-
-// Weights as checkpoints have them: small normal values with a few large outliers, so the
-// blocks' absmax values spread (which double quantization has to code).
-std::vector<float> checkpoint_like(int64_t n, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> nd(0.0f, 0.02f);
-  std::vector<float> w(static_cast<size_t>(n));
-  for (auto& x : w) x = nd(rng);
-  for (int64_t i = 0; i < n; i += 331) w[static_cast<size_t>(i)] *= 25.0f;
-  return w;
 }
 
 std::vector<float> cpu_dequant(const lora::QuantizedMatrix& m) {
@@ -334,12 +265,6 @@ struct RowShape {
 // over 33 rows (the last block of 4 rows partly empty); 4097 channels (scalar, many laps).
 const RowShape kRowShapes[] = {{1, 72}, {6, 75}, {33, 4096}, {3, 4097}, {9, 8}};
 
-// The largest |contribution| a backward adds, for an absolute tolerance that scales with it.
-double max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
-  double m = 0;
-  for (size_t i = 0; i < a.size(); ++i) m = std::max(m, std::fabs(double(a[i]) - double(b[i])));
-  return m;
-}
 }  // namespace
 
 TEST(cuda_rmsnorm_matches_cpu) {
