@@ -54,6 +54,12 @@ __global__ void shuffle_after_return(float* out) {
   if (threadIdx.x % 32 >= 16) return;
   out[threadIdx.x] = __shfl_xor_sync(0xffffffffu, 1.0f, 1);
 }
+__global__ void split_warp(float* out) {
+  if (threadIdx.x == 0)
+    __syncthreads();  // lanes 1..31 wait for lane 0 in the shuffle below: neither side can go on
+  else
+    out[threadIdx.x] = __shfl_down_sync(0xffffffffu, 1.0f, 1);
+}
 __global__ void reduce(float* out) {
   float v = static_cast<float>(threadIdx.x);
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
@@ -118,6 +124,9 @@ TEST(cuda_emulator_checks_barriers_and_shuffles) {
   std::vector<float> out(128, 0.f);
   emu::faults().clear();
   emu::launch(dim3(1), dim3(128), [&] { emu_selftest::shuffle_after_return(out.data()); });
+  CHECK(!emu::faults().empty());
+  emu::faults().clear();
+  emu::launch(dim3(2), dim3(64), [&] { emu_selftest::split_warp(out.data()); });
   CHECK(!emu::faults().empty());
   // A shuffle tree and a shared-memory combine: 0 + 1 + ... + 127 plus the block index.
   float sum = 0.f;
