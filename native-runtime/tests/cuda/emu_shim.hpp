@@ -39,7 +39,7 @@
 // *save, loads `next` and pops the registers saved there. Weak, so the header may be
 // included by more than one object.
 extern "C" void lora_emu_switch(void** save_sp, void* next_sp);
-asm(".text\n"
+asm(".pushsection .text\n"
     ".weak lora_emu_switch\n"
     ".type lora_emu_switch,@function\n"
     "lora_emu_switch:\n"
@@ -48,7 +48,8 @@ asm(".text\n"
     "  movq %rsi, %rsp\n"
     "  popq %r15\n  popq %r14\n  popq %r13\n  popq %r12\n  popq %rbx\n  popq %rbp\n"
     "  ret\n"
-    ".size lora_emu_switch,.-lora_emu_switch\n");
+    ".size lora_emu_switch,.-lora_emu_switch\n"
+    ".popsection\n");
 #endif
 
 namespace emu {
