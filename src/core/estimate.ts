@@ -172,15 +172,38 @@ export function allocatorRounded(bytes: number): number {
   return Math.ceil(bytes / step) * step;
 }
 
-/** Device bytes of one decoder linear weight [out, in] as the runtime holds it: bf16 when
- *  unquantized; else the codes (2 per byte for 4-bit), an fp32 absmax per block of B, or
- *  with double quantization a uint8 absmax per block, an fp32 scale per 256 blocks and one
- *  fp32 mean (quant/quant.cpp QuantizedMatrix::bytes). */
+/** Device bytes of one decoder linear weight [out, in] as the runtime's allocator counts
+ *  them: bf16 when unquantized; else the codes (2 per byte for 4-bit) and an fp32 absmax per
+ *  block of B, or with double quantization a uint8 absmax per block and an fp32 scale per 256
+ *  blocks (upload_quantized's arrays), each rounded to its size class. */
 export function deviceLinearBytes(numel: number, q: EstimateInput['quant']): number {
-  if (q.type === 'none') return numel * 2;
+  const R = allocatorRounded;
+  if (q.type === 'none') return R(numel * 2);
   const codes = q.type === 'int8' ? numel : Math.ceil(numel / 2);
   const blocks = Math.ceil(numel / q.blockSize);
-  return codes + (q.doubleQuant ? blocks + Math.ceil(blocks / 256) * 4 + 4 : blocks * 4);
+  return R(codes) + (q.doubleQuant ? R(blocks) + R(Math.ceil(blocks / 256) * 4) : R(blocks * 4));
+}
+
+/** The fp32 vectors of the base on the device (norms, biases, RoPE's inverse frequencies),
+ *  each rounded to its size class. The inspection gives their total, not their list: the list
+ *  is rebuilt from the architecture (GPT-2: LayerNorm weights and biases and a bias on every
+ *  linear; the Llama family: two RMSNorm weights per layer, then no biases, q/k/v biases
+ *  (Qwen2) or q/k/v/o biases (attention_bias)); null for a total that matches none of these. */
+function deviceVectorBytes(m: EstimateInput['model'], gpt2: boolean, vectors: number): number | null {
+  const R = allocatorRounded;
+  const L = m.layers, C = m.hidden, I = m.intermediate, Dq = m.heads * m.headDim, Dkv = m.kvHeads * m.headDim;
+  const sum = (xs: number[]) => xs.reduce((s, x) => s + x, 0);
+  if (gpt2) {
+    const perLayer = [C, C, C, C, 3 * C, C, I, C];
+    return vectors === L * sum(perLayer) + 2 * C ? L * sum(perLayer.map((x) => R(x * 4))) + 2 * R(C * 4) : null;
+  }
+  const invFreq = R(Math.floor(m.headDim / 2) * 4);
+  const norms = (2 * L + 1) * R(C * 4);
+  const biases = vectors - (2 * L + 1) * C;
+  for (const list of [[], [Dq, Dkv, Dkv], [Dq, Dkv, Dkv, C]]) {
+    if (biases === L * sum(list)) return norms + invFreq + L * sum(list.map((x) => R(x * 4)));
+  }
+  return null;
 }
 
 /** The CUDA workspace of one forward + backward over T tokens, every token a target (the
@@ -235,20 +258,30 @@ function estimateCuda(inp: EstimateInput): MemoryEstimate {
   const gpt2 = m.architecture !== undefined ? m.architecture === 'GPT2LMHeadModel' : m.targets.some((t) => t.name === 'c_attn');
   const quantized = inp.quant.type !== 'none';
 
-  // Base: every decoder linear as loaded (device_model_bytes), not rounded, as the runtime counts it.
+  // Base: every tensor as uploaded, at the allocator's size classes (device_model_allocated_bytes).
   const baseLinear = m.targets.reduce((s, t) => s + t.layers * shapesOf(t).reduce((u, x) => u + deviceLinearBytes(x.inFeatures * x.outFeatures, inp.quant), 0), 0);
   // Embeddings, the LM head unless tied, GPT-2's position table: bf16. Norms and biases
-  // (everything else that is not a decoder linear): fp32. RoPE's inverse frequencies: fp32.
+  // (everything else that is not a decoder linear) and RoPE's inverse frequencies: fp32.
   const tied = m.tieWordEmbeddings ?? gpt2;
-  const tables = m.vocab * C * (tied ? 1 : 2) + (gpt2 ? (m.maxPositionEmbeddings ?? 1024) * C : 0);
-  const vectors = Math.max(0, m.paramsOther - tables);
-  const invFreq = gpt2 ? 0 : Math.floor(m.headDim / 2);
-  const baseOther = tables * 2 + (vectors + invFreq) * 4;
+  const R = allocatorRounded;
+  const positions = gpt2 ? (m.maxPositionEmbeddings ?? 1024) : 0;
+  const tables = m.vocab * C * (tied ? 1 : 2) + positions * C;
+  let vectors = Math.max(0, m.paramsOther - tables);
+  let vectorBytes = deviceVectorBytes(m, gpt2, vectors);
+  // A tied checkpoint may still store lm_head.weight, which the runtime does not load.
+  const untiedHead = tied && vectorBytes === null ? deviceVectorBytes(m, gpt2, vectors - m.vocab * C) : null;
+  if (untiedHead !== null) {
+    vectors -= m.vocab * C;
+    vectorBytes = untiedHead;
+  }
+  // An unrecognised list: the total, unrounded (plus RoPE's frequencies).
+  vectorBytes ??= vectors * 4 + (gpt2 ? 0 : Math.floor(m.headDim / 2) * 4);
+  const baseOther = R(m.vocab * C * 2) * (tied ? 1 : 2) + R(positions * C * 2) + vectorBytes;
 
   // Adapter: fp32 weights, gradients and both AdamW moments (allocated for SGD too), and the
-  // bf16 copy the GEMMs read (device_lora_bytes).
+  // bf16 copy the GEMMs read (device_lora_allocated_bytes).
   const P = loraParams(inp);
-  const loraBytes = P * 18;
+  const loraBytes = 4 * R(P * 4) + R(P * 2);
 
   const ws = cudaWorkspace(inp, T, inp.train.gradCheckpointing, gpt2, quantized);
   const wsCkpt = cudaWorkspace(inp, T, true, gpt2, quantized);
@@ -263,7 +296,7 @@ function estimateCuda(inp: EstimateInput): MemoryEstimate {
     { key: 'base_linear', label: 'Base weights (linear layers)', bytes: baseLinear,
       detail: `${m.paramsLinear.toLocaleString('en-US')} params, ${quantized ? `${inp.quant.type}${inp.quant.doubleQuant ? ' + double quant' : ''} codes and scales` : 'bf16'}` },
     { key: 'base_other', label: 'Base weights (embeddings, head, norms)', bytes: baseOther,
-      detail: `${tables.toLocaleString('en-US')} embedding/head params × 2 B, ${(vectors + invFreq).toLocaleString('en-US')} norm/bias params × 4 B` },
+      detail: `${tables.toLocaleString('en-US')} embedding/head params × 2 B, ${vectors.toLocaleString('en-US')} norm/bias params × 4 B` },
     { key: 'dequant', label: 'Dequantization scratch', bytes: ws.dequant, detail: quantized ? 'the largest linear weight in bf16' : 'none: the base is bf16' },
     { key: 'lora', label: 'LoRA weights, gradients, optimizer states', bytes: loraBytes,
       detail: `${P.toLocaleString('en-US')} params × 18 B (fp32 weights, gradients, 2 moments; bf16 copy)` },
@@ -275,13 +308,13 @@ function estimateCuda(inp: EstimateInput): MemoryEstimate {
       detail: `${mib(CUDA_CONTEXT_RESERVE_BYTES)} the runtime keeps free for the context, ${mib(CUDA_GEMM_WORKSPACE_BYTES)} cuBLASLt workspace` },
   ];
   const total = parts.reduce((s, p) => s + p.bytes, 0);
-  const baseOtherUnq = tables * 2 + (vectors + invFreq) * 4;
+  const baseLinearUnq = m.targets.reduce((s, t) => s + t.layers * shapesOf(t).reduce((u, x) => u + R(x.inFeatures * x.outFeatures * 2), 0), 0);
   return {
     parts,
     totalBytes: total,
     trainableParams: P,
     totalParams: m.paramsLinear + m.paramsOther,
-    baseBytesUnquantized: m.paramsLinear * 2 + baseOtherUnq,
+    baseBytesUnquantized: baseLinearUnq + baseOther,
     baseBytesQuantized: baseLinear + baseOther,
     activationsWithCheckpointing: wsCkpt.layerInputs + wsCkpt.activations,
     activationsWithoutCheckpointing: wsFull.layerInputs + wsFull.activations,

@@ -66,9 +66,10 @@ std::unique_ptr<TrainEngine> make_cuda_engine(const Model& model, LoraState& lor
 uint64_t estimate_device_bytes(const Model& model, const LoraState& lora, int64_t tokens, bool checkpointing,
                                const CudaTrainOptions& opt);
 
-// The same estimate by part (`lora-runtime estimate`); total() == estimate_device_bytes.
+// The same estimate by part (`lora-runtime estimate`), every tensor at the allocator's size
+// class; total() == estimate_device_bytes.
 struct DeviceEstimate {
-  uint64_t base = 0;            // frozen base as the device holds it (device_model_bytes)
+  uint64_t base = 0;            // frozen base as the device holds it (device_model_allocated_bytes)
   uint64_t lora = 0;            // adapter: fp32 weights, gradients, 2 moments, bf16 copy
   uint64_t layer_inputs = 0;    // fp32 layer inputs kept for backward (L + 1, or 2 with offload)
   uint64_t activations = 0;     // saved activations of the kept layers (L, or 1 with checkpointing)

@@ -72,6 +72,24 @@ uint64_t device_model_bytes(const Model& model) {
   return b;
 }
 
+uint64_t device_model_allocated_bytes(const Model& model) {
+  auto f32 = [](const std::vector<float>& v) { return uint64_t(allocator_size_class(v.size() * 4)); };
+  auto b16 = [](const std::vector<float>& v) { return uint64_t(allocator_size_class(v.size() * 2)); };
+  auto linear = [](const QuantizedMatrix& m) -> uint64_t {
+    if (m.type == QuantType::None) return allocator_size_class(static_cast<size_t>(m.rows * m.cols) * 2);
+    // upload_quantized's arrays: the codes, and fp32 absmax or uint8 absmax + fp32 scales.
+    return allocator_size_class(m.raw.size()) + allocator_size_class(m.absmax.size() * 4) +
+           allocator_size_class(m.absmax_q.size()) + allocator_size_class(m.absmax_scale.size() * 4);
+  };
+  uint64_t b = b16(model.embed) + b16(model.lm_head) + b16(model.wpe) + f32(model.final_norm) +
+               f32(model.final_norm_bias) + (model.cfg.arch != Arch::GPT2 ? f32(model.inv_freq) : 0);
+  for (const auto& l : model.layers) {
+    b += f32(l.input_norm) + f32(l.post_norm) + f32(l.input_norm_bias) + f32(l.post_norm_bias);
+    for (int m : arch_modules(model.cfg.arch)) b += linear(l.linear[m]) + f32(l.bias[m]);
+  }
+  return b;
+}
+
 DeviceModel upload_model(const Model& model) {
   DeviceModel d;
   d.host = &model;

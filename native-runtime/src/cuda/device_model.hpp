@@ -47,6 +47,9 @@ DeviceModel upload_model(const Model& model);
 
 // Device bytes upload_model will hold for `model` (before the allocator's rounding).
 uint64_t device_model_bytes(const Model& model);
+// The same tensors at the allocator's size classes: what upload_model adds to the allocator's
+// `used` (the memory estimate counts this).
+uint64_t device_model_allocated_bytes(const Model& model);
 
 struct DeviceLoraState {
   const LoraState* host = nullptr;  // layout (slots, spec, scale); outlives this
@@ -69,6 +72,11 @@ DeviceLoraState upload_lora(const LoraState& lora, cudaStream_t stream);
 
 // Device bytes upload_lora holds for `count` parameters: 4 fp32 vectors and 1 bf16.
 inline uint64_t device_lora_bytes(int64_t count) { return static_cast<uint64_t>(count) * (4 * 4 + 2); }
+// The same at the allocator's size classes.
+inline uint64_t device_lora_allocated_bytes(int64_t count) {
+  const size_t n = static_cast<size_t>(count);
+  return 4 * static_cast<uint64_t>(allocator_size_class(n * 4)) + allocator_size_class(n * 2);
+}
 
 // fp32 -> bf16 bits, round to nearest even (NaN stays NaN), as the device's conversion.
 uint16_t host_f32_to_bf16(float f);

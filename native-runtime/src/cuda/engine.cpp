@@ -136,18 +136,18 @@ std::unique_ptr<TrainEngine> make_cuda_engine(const Model& model, LoraState& lor
 // values; bf16 embeddings / LM head; fp32 norms and biases), the adapter's 4 fp32 vectors
 // (weights, gradients, two AdamW moments) and its bf16 copy, and the workspace of one
 // micro-batch of `tokens` tokens (device_workspace_parts, forward.cpp, which lists it per
-// token, rounded to the allocator's size classes), plus the GEMM backend's workspace
-// (cuBLASLt's, 32 MiB: gemm.cpp kWorkspaceBytes). The base and adapter are counted before
-// rounding (many small tensors; the rounding adds at most 512 B each below 1 MiB and 2 MiB
-// each above). Not counted: the CUDA context itself (a few hundred MiB the driver reports
-// as used). Nothing here calls CUDA: the sizing workspace is never allocated.
+// token), plus the GEMM backend's workspace (cuBLASLt's, 32 MiB: gemm.cpp kWorkspaceBytes),
+// every tensor at the allocator's size class, as the allocator's `used` will count it (the
+// rounding of a 7B base's large tensors alone is about 50 MiB). Not counted: the CUDA
+// context itself (a few hundred MiB the driver reports as used). Nothing here calls CUDA:
+// the sizing workspace is never allocated.
 DeviceEstimate estimate_device(const Model& model, const LoraState& lora, int64_t tokens, bool checkpointing,
                                const CudaTrainOptions& opt) {
   constexpr uint64_t kGemmWorkspace = uint64_t(32) << 20;
   const WorkspaceBytes w = device_workspace_parts(model, lora, tokens, checkpointing, forward_options(opt));
   DeviceEstimate e;
-  e.base = device_model_bytes(model);
-  e.lora = device_lora_bytes(static_cast<int64_t>(lora.params.size()));
+  e.base = device_model_allocated_bytes(model);
+  e.lora = device_lora_allocated_bytes(static_cast<int64_t>(lora.params.size()));
   e.layer_inputs = w.layer_inputs;
   e.activations = w.activations;
   e.dequant = w.dequant;

@@ -132,12 +132,8 @@ struct Allocate {
   }
 };
 
-// The caching allocator's size classes (memory.cpp): 512 B below 1 MiB, 2 MiB above. Its
-// `used` counts rounded sizes, so the estimate does too.
-uint64_t allocator_rounded(uint64_t bytes) {
-  const uint64_t round = bytes < (uint64_t(1) << 20) ? 512 : (uint64_t(2) << 20);
-  return (bytes + round - 1) / round * round;
-}
+// The caching allocator's `used` counts size classes (memory.cpp), so the estimate does too.
+uint64_t allocator_rounded(uint64_t bytes) { return allocator_size_class(static_cast<size_t>(bytes)); }
 
 // Counts what Allocate would allocate in `ws` (never allocated itself), sorted by the
 // buffer's place in the workspace.

@@ -131,6 +131,8 @@ void device_free(void* p) {
   s.free_lists[cls].push_back(p);
 }
 
+size_t allocator_size_class(size_t bytes) { return bytes == 0 ? 0 : size_class(bytes); }
+
 AllocatorStats allocator_stats() {
   AllocatorState& s = state();
   std::lock_guard<std::mutex> lock(s.mu);

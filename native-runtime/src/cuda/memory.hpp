@@ -20,6 +20,9 @@ struct AllocatorStats {
 };
 
 void* device_alloc(size_t bytes);      // never returns nullptr for bytes > 0 (throws instead)
+// The block size device_alloc hands out (and AllocatorStats counts) for `bytes`: 512 B steps
+// below 1 MiB, 2 MiB steps above; 0 for 0. Host arithmetic, for the memory estimates.
+size_t allocator_size_class(size_t bytes);
 void device_free(void* p);             // nullptr is a no-op
 AllocatorStats allocator_stats();
 void reset_peak();                     // peak = used

@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cmath>
 #include <exception>
+#include <stdexcept>
 #include <thread>
 
 #include "common/errors.hpp"
@@ -98,8 +99,16 @@ std::unique_ptr<TrainEngine> make_engine(const DeviceChoice& dev, const RunConfi
   // and the driver's own allocations, a few hundred MiB), which the driver may not have
   // counted as used yet when `free` was read: keep room for it.
   constexpr uint64_t kContextReserve = uint64_t(512) << 20;
-  const uint64_t need =
-      cuda::estimate_device_bytes(model, lora, tokens, cfg.grad_checkpointing, opt) + kContextReserve;
+  uint64_t estimate = 0;
+  try {
+    estimate = cuda::estimate_device_bytes(model, lora, tokens, cfg.grad_checkpointing, opt);
+  } catch (const std::invalid_argument& e) {
+    // Sizing the kernels' workspaces checks the model's shapes (e.g. the attention kernels'
+    // head sizes): a model the CUDA path cannot run is a configuration problem, not a bug.
+    throw InputError("device", "the CUDA path cannot train this model: " + std::string(e.what()), cfg.file,
+                     "compute.device", cfg.device_line, "set compute.device to \"cpu\" to train it on the CPU.");
+  }
+  const uint64_t need = estimate + kContextReserve;
   const uint64_t free = free_device_memory(dev.gpu);
   if (need > free)
     throw OutOfMemoryError("training needs about " + gib(need) + " of GPU memory on " + gpu_label(dev.gpu) +

@@ -494,6 +494,40 @@ TEST(cuda_estimate_device_bytes_orders_configurations) {
   CHECK(cuda::device_model_bytes(model) < model.bytes_held);
 }
 
+// The parts of the estimate (lora-runtime estimate, and the extension's estimate that copies
+// them) are what the allocator will count: every tensor at its size class. Host arithmetic.
+TEST(cuda_estimate_device_parts_count_size_classes) {
+  if (!cuda::compiled()) return;
+  CHECK_EQ(cuda::allocator_size_class(0), size_t(0));
+  CHECK_EQ(cuda::allocator_size_class(1), size_t(512));
+  CHECK_EQ(cuda::allocator_size_class((size_t(1) << 20) - 1), size_t(1) << 20);
+  CHECK_EQ(cuda::allocator_size_class(size_t(1) << 20), size_t(2) << 20);
+  lora_test::TinyModelSpec spec;
+  spec.layers = 2;
+  for (QuantType q : {QuantType::None, QuantType::NF4}) {
+    const Model model = llama_model(spec, q);
+    const LoraState lora = lora_create(model, all_targets(model, 4, 0.1), 1);
+    const int64_t n = static_cast<int64_t>(lora.params.size());
+    cuda::CudaTrainOptions opt;
+    const cuda::DeviceEstimate e = cuda::estimate_device(model, lora, 96, true, opt);
+    CHECK_EQ(e.total(), cuda::estimate_device_bytes(model, lora, 96, true, opt));
+    CHECK_EQ(e.gemm_workspace, uint64_t(32) << 20);
+    CHECK_EQ(e.base, cuda::device_model_allocated_bytes(model));
+    CHECK_EQ(e.lora, cuda::device_lora_allocated_bytes(n));
+    for (uint64_t part : {e.base, e.lora, e.layer_inputs, e.activations, e.dequant, e.lm_head, e.scratch})
+      CHECK_EQ(part % 512, uint64_t(0));
+    CHECK(e.lora >= cuda::device_lora_bytes(n));
+    CHECK(e.lora < cuda::device_lora_bytes(n) + 5 * 512);
+    // Tiny tensors: each rounds up by less than 512 B. device_model_bytes counts the double
+    // quantization's mean (4 B a matrix), which lives on the host.
+    const uint64_t exact = cuda::device_model_bytes(model);
+    const uint64_t tensors = 4 + static_cast<uint64_t>(spec.layers) * (2 + 7 * 3);
+    CHECK(e.base + 4 * 7 * static_cast<uint64_t>(spec.layers) >= exact);
+    CHECK(e.base < exact + 512 * tensors);
+    CHECK_EQ(e.dequant > 0, q != QuantType::None);
+  }
+}
+
 TEST(cuda_engine_rejects_bad_options_and_missing_devices) {
   if (!cuda::compiled()) return;
   lora_test::TinyModelSpec spec;
