@@ -32,8 +32,8 @@ import { ModelInspection, TargetModuleInfo, targetShapes } from './model/inspect
 import { DTYPE_BYTES } from './model/dtype';
 
 export interface EstimateInput {
-  /** The CUDA branch also reads architecture (GPT-2 or not; else guessed from the module
-   *  names), tieWordEmbeddings and maxPositionEmbeddings (GPT-2's position table) when given. */
+  /** The CUDA branch also reads architecture (GPT-2, also told by its c_attn module),
+   *  tieWordEmbeddings and maxPositionEmbeddings (GPT-2's position table) when given. */
   model: Pick<ModelInspection, 'layers' | 'hidden' | 'intermediate' | 'heads' | 'kvHeads' | 'headDim' | 'vocab' |
     'targets' | 'paramsLinear' | 'paramsOther' | 'dtype'> &
     Partial<Pick<ModelInspection, 'architecture' | 'tieWordEmbeddings' | 'maxPositionEmbeddings'>>;
@@ -255,7 +255,8 @@ function estimateCuda(inp: EstimateInput): MemoryEstimate {
   const m = inp.model;
   const T = inp.train.microBatch * inp.train.seqLen;
   const L = m.layers, C = m.hidden;
-  const gpt2 = m.architecture !== undefined ? m.architecture === 'GPT2LMHeadModel' : m.targets.some((t) => t.name === 'c_attn');
+  // GPT-2 (the inspection's architecture may be empty for a config that only names model_type).
+  const gpt2 = m.architecture === 'GPT2LMHeadModel' || m.targets.some((t) => t.name === 'c_attn');
   const quantized = inp.quant.type !== 'none';
 
   // Base: every tensor as uploaded, at the allocator's size classes (device_model_allocated_bytes).
