@@ -31,7 +31,7 @@
 
 namespace lora::cuda::wmma_gemm {
 // A name of its own per build (kernel_support.cuh), so that this header compiled for the host
-// emulator (test_cuda_gemm_emulated.cpp) and the nvcc launch stubs never share weak symbols.
+// emulator (test_cuda_gemm_emulated.cpp) and the host-side launch functions nvcc generates never share weak symbols.
 inline namespace LORA_KERNEL_ABI {
 
 constexpr int kBK = 32;   // K slice per stage

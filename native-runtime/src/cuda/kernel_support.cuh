@@ -3,7 +3,7 @@
 // compile (tests/cuda/emu_shim.hpp runs them on the CPU).
 //
 // LORA_KERNEL_ABI names an inline namespace that differs between the two builds. Without
-// it, a kernel's host-side launch stub (nvcc) and the same kernel compiled as a plain host
+// it, the host-side launch function nvcc generates for a kernel and the same kernel compiled as a plain host
 // function (the emulator) would carry one mangled name; templates are weak symbols, so the
 // linker would keep one of the two in runtime-tests, and a real launch could end up running
 // the emulation on device pointers.
