@@ -132,6 +132,13 @@ class BlockRunner {
 
   int current() const { return cur_; }
 
+  // The order in which runnable threads take turns. Round robin (the default) keeps the
+  // warps of a block within one barrier or shuffle of each other. Lowest first always resumes
+  // the lowest-numbered runnable thread, so warp 0 runs ahead to every block barrier before
+  // warp 1 starts: a shared-memory write missing the barrier that should hold it back until
+  // other warps have read the old contents then lands before they read.
+  void set_lowest_first(bool on) { lowest_first_ = on; }
+
  private:
   enum State { kReady, kWaitBlock, kWaitWarp, kDone };
   struct Fiber {
@@ -203,6 +210,11 @@ class BlockRunner {
   }
 
   int next_ready(int from) const {
+    if (lowest_first_) {
+      for (int j = 0; j < n_; ++j)
+        if (fibers_[static_cast<size_t>(j)].state == kReady) return j;
+      return -1;
+    }
     for (int k = 1; k <= n_; ++k) {
       const int j = (from + k) % n_;
       if (fibers_[static_cast<size_t>(j)].state == kReady) return j;
@@ -249,6 +261,7 @@ class BlockRunner {
 
   const std::function<void()>* body_ = nullptr;
   int n_ = 0, live_ = 0, cur_ = -1, block_arrived_ = 0;
+  bool lowest_first_ = false;
   std::vector<Fiber> fibers_;
   std::vector<std::vector<char>> stacks_;
   std::vector<int> warp_arrived_, warp_live_;
