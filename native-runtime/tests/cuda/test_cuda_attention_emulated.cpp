@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "cuda/common.hpp"
+#include "attention_check.hpp"
 #include "cuda_test_util.hpp"
 #include "ops/attention.hpp"
 #include "ops/cross_entropy.hpp"
@@ -79,13 +80,12 @@ void tile_product(float* out, const uint16_t* a_g, const uint16_t* b_g, bool wai
 #undef threadIdx
 
 using namespace lora_test;
+using namespace lora_test::attention_check;
 using lora::cuda::bf16;
 namespace ak = lora::cuda::attention_kernels;
 namespace ck = lora::cuda::cross_entropy_kernels;
 
 namespace {
-
-constexpr double kU = 1.0 / 256;  // bf16 unit roundoff, 2^-8
 
 // Runs kernel body `fn` over the grid with `smem` bytes of dynamic shared memory; every rule
 // the emulator saw broken is a failure.
@@ -110,94 +110,17 @@ struct Bf16Buf {
   std::vector<uint16_t> bits;
 };
 
-struct Shape {
-  int64_t rows, T, Hq, Hkv, D;
-};
-
-std::string describe(const Shape& s) {
-  return "rows=" + std::to_string(s.rows) + " T=" + std::to_string(s.T) + " Hq=" + std::to_string(s.Hq) +
-         " Hkv=" + std::to_string(s.Hkv) + " D=" + std::to_string(s.D);
-}
-
-// Row 0 is one document (plain causal); row 2 (when present) has documents starting exactly
-// at tile boundaries (64, 128) and one-token documents right after them; the other rows are
-// cut into documents of random lengths from 1 to max(2, T / 4), so boundaries fall inside
-// query and key tiles.
-std::vector<int32_t> make_doc_start(int64_t rows, int64_t T, std::mt19937& rng) {
-  std::vector<int32_t> ds(static_cast<size_t>(rows * T));
-  for (int64_t r = 0; r < rows; ++r) {
-    std::uniform_int_distribution<int64_t> len(1, std::max<int64_t>(2, T / 4));
-    auto next_start = [&](int64_t t) {
-      if (r == 0) return T;
-      if (r == 2) return t % 64 == 0 ? t + 1 : (t / 64 + 1) * 64;
-      return t + len(rng);
-    };
-    int64_t start = 0, next = next_start(0);
-    for (int64_t t = 0; t < T; ++t) {
-      if (t == next) {
-        start = t;
-        next = next_start(t);
-      }
-      ds[static_cast<size_t>(r * T + t)] = static_cast<int32_t>(start);
-    }
-  }
-  return ds;
-}
-
-std::vector<float> normal_bf16(size_t n, float stddev, std::mt19937& rng) {
-  std::normal_distribution<float> d(0.f, stddev);
-  std::vector<float> x(n);
-  for (auto& v : x) v = d(rng);
-  round_to_bf16(x);
-  return x;
-}
-
-double max_abs(const std::vector<float>& x) {
-  double m = 0;
-  for (float v : x) m = std::max(m, static_cast<double>(std::fabs(v)));
-  return m;
-}
-
-void check_close(const char* what, const Shape& s, const std::vector<float>& got, const std::vector<float>& ref,
-                 double atol, double rtol, double frob_max) {
-  CHECK_EQ(got.size(), ref.size());
-  double num = 0, den = 0, worst = -1;
-  size_t wi = 0;
-  for (size_t i = 0; i < ref.size(); ++i) {
-    const double d = std::fabs(static_cast<double>(got[i]) - ref[i]);
-    const double r = d / (atol + rtol * std::fabs(ref[i]));
-    if (!(r <= worst)) {
-      worst = r;
-      wi = i;
-    }
-    num += d * d;
-    den += static_cast<double>(ref[i]) * ref[i];
-  }
-  const double f = std::isnan(num) ? 1e30 : den > 0 ? std::sqrt(num / den) : std::sqrt(num);
-  if (!(worst <= 1.0) || !(f <= frob_max))
-    record_failure(__FILE__, __LINE__,
-                   std::string(what) + " (" + describe(s) + "): worst ratio " + std::to_string(worst) +
-                       ", relative Frobenius error " + std::to_string(f) + "; element " + std::to_string(wi) +
-                       ": " + std::to_string(got[wi]) + " vs " + std::to_string(ref[wi]));
-}
-
 // Forward and backward of one shape, launched as attention.cu launches them (same grids,
 // block size, shared memory, workspace zeroing and conversions), against the CPU twin.
 template <int DP>
 void check_attention(const Shape& s, uint32_t seed) {
   using Cfg = ak::Tiles<DP>;
-  std::mt19937 rng(seed);
-  const size_t nq = static_cast<size_t>(s.rows * s.T * s.Hq * s.D);
-  const size_t nkv = static_cast<size_t>(s.rows * s.T * s.Hkv * s.D);
-  const std::vector<float> q = normal_bf16(nq, 2.0f, rng), k = normal_bf16(nkv, 1.0f, rng),
-                           v = normal_bf16(nkv, 1.0f, rng), dout = normal_bf16(nq, 1.0f, rng);
-  const std::vector<int32_t> ds = make_doc_start(s.rows, s.T, rng);
-  const int64_t sq = s.T * s.Hq * s.D, skv = s.T * s.Hkv * s.D, sl = s.Hq * s.T;
-
-  std::vector<float> out_ref(nq), lse_ref(static_cast<size_t>(s.rows * sl));
-  for (int64_t r = 0; r < s.rows; ++r)
-    lora::attention_forward(out_ref.data() + r * sq, lse_ref.data() + r * sl, q.data() + r * sq, k.data() + r * skv,
-                            v.data() + r * skv, ds.data() + r * s.T, s.T, s.Hq, s.Hkv, s.D);
+  const Inputs in = make_inputs(s, seed);
+  const std::vector<float>&q = in.q, &k = in.k, &v = in.v, &dout = in.dout;
+  const std::vector<int32_t>& ds = in.ds;
+  const size_t nq = q.size(), nkv = k.size();
+  std::vector<float> out_ref, lse_ref;
+  cpu_forward(s, in, out_ref, lse_ref);
 
   Bf16Buf qb(q), kb(k), vb(v), dob(dout), out(nq, 0x7fc0);  // out starts as NaN: every element is written
   std::vector<float> lse(lse_ref.size(), NAN);
@@ -208,18 +131,14 @@ void check_attention(const Shape& s, uint32_t seed) {
         ak::attention_forward_kernel<DP>(out.data(), lse.data(), qb.data(), kb.data(), vb.data(), ds.data(), T, Hq,
                                          Hkv, D, scale_log2);
       });
-  check_close("forward out", s, out.get(), out_ref, 2 * kU * max_abs(v), 2 * kU, 2 * kU);
-  check_close("forward lse", s, lse, lse_ref, 2e-4, 1e-5, 1e-4);
+  check_forward(s, in, out.get(), lse, out_ref, lse_ref);
 
   // Backward from the CPU forward's output rounded to bf16 (what the GPU path stores) and
   // its lse, so the comparison sees the backward alone.
   std::vector<float> out_b = out_ref;
   round_to_bf16(out_b);
-  std::vector<float> dq_ref(nq), dk_ref(nkv), dv_ref(nkv);
-  for (int64_t r = 0; r < s.rows; ++r)
-    lora::attention_backward(dq_ref.data() + r * sq, dk_ref.data() + r * skv, dv_ref.data() + r * skv,
-                             dout.data() + r * sq, out_b.data() + r * sq, lse_ref.data() + r * sl, q.data() + r * sq,
-                             k.data() + r * skv, v.data() + r * skv, ds.data() + r * s.T, s.T, s.Hq, s.Hkv, s.D);
+  std::vector<float> dq_ref, dk_ref, dv_ref;
+  cpu_backward(s, in, out_b, lse_ref, dq_ref, dk_ref, dv_ref);
 
   Bf16Buf outbb(out_b), dq(nq, 0x7fc0), dk(nkv, 0x7fc0), dv(nkv, 0x7fc0);
   const bool gqa = s.Hq != s.Hkv;
@@ -246,10 +165,7 @@ void check_attention(const Shape& s, uint32_t seed) {
     convert(dk.data(), dk_acc);
     convert(dv.data(), dv_acc);
   }
-  const double tol = 4 * kU;
-  check_close("backward dq", s, dq.get(), dq_ref, tol * max_abs(dq_ref) + 1e-5, tol, 2 * kU);
-  check_close("backward dk", s, dk.get(), dk_ref, tol * max_abs(dk_ref) + 1e-5, tol, 2 * kU);
-  check_close("backward dv", s, dv.get(), dv_ref, tol * max_abs(dv_ref) + 1e-5, tol, 2 * kU);
+  check_backward(s, dq.get(), dk.get(), dv.get(), dq_ref, dk_ref, dv_ref);
 }
 
 std::vector<float> normal(size_t n, float stddev, std::mt19937& rng) {
