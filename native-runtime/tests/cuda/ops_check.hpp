@@ -12,6 +12,7 @@
 
 #include "cuda_test_util.hpp"
 #include "gradcheck.hpp"
+#include "ops/rope.hpp"
 #include "test.hpp"
 
 namespace lora_test {
@@ -92,6 +93,27 @@ inline double max_abs_diff(const std::vector<float>& a, const std::vector<float>
   double m = 0;
   for (size_t i = 0; i < a.size(); ++i) m = std::max(m, std::fabs(double(a[i]) - double(b[i])));
   return m;
+}
+
+// RoPE inputs of a test case: inv_freq for head size D (theta 500000, the named scaling:
+// "", "llama3" factor 8 or "linear" factor 4) and T positions cycling through packed-document
+// restarts and large values that exercise sincosf's range reduction.
+struct RopeInputs {
+  std::vector<float> inv_freq;
+  std::vector<int32_t> pos;
+};
+inline RopeInputs rope_inputs(int64_t T, int64_t D, const std::string& scaling_type) {
+  lora::RopeScaling scaling;
+  scaling.type = scaling_type;
+  if (scaling.type == "llama3") scaling.factor = 8.0;
+  if (scaling.type == "linear") scaling.factor = 4.0;
+  RopeInputs in;
+  in.inv_freq.resize(static_cast<size_t>(D / 2));
+  lora::rope_inv_freq(in.inv_freq.data(), D, 500000.0, scaling);
+  in.pos.resize(static_cast<size_t>(T));
+  const int32_t sample[] = {0, 1, 2, 0, 131071, 77777, 5};
+  for (int64_t t = 0; t < T; ++t) in.pos[static_cast<size_t>(t)] = sample[t % 7];
+  return in;
 }
 
 }  // namespace lora_test

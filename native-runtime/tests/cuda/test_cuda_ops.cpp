@@ -344,16 +344,7 @@ TEST(cuda_rope_matches_cpu) {
   const Case cases[] = {{5, 32, 128, ""}, {5, 8, 128, ""}, {1, 3, 64, "llama3"}, {7, 5, 6, ""}, {4, 1, 2, "linear"}};
   uint32_t seed = 400;
   for (const Case& c : cases) {
-    lora::RopeScaling scaling;
-    scaling.type = c.scaling;
-    if (scaling.type == "llama3") scaling.factor = 8.0;
-    if (scaling.type == "linear") scaling.factor = 4.0;
-    std::vector<float> inv_freq(static_cast<size_t>(c.D / 2));
-    lora::rope_inv_freq(inv_freq.data(), c.D, 500000.0, scaling);
-    // Packed documents restart positions; the large ones exercise sincosf's range reduction.
-    std::vector<int32_t> pos(static_cast<size_t>(c.T));
-    const int32_t sample[] = {0, 1, 2, 0, 131071, 77777, 5};
-    for (int64_t t = 0; t < c.T; ++t) pos[static_cast<size_t>(t)] = sample[t % 7];
+    const auto [inv_freq, pos] = rope_inputs(c.T, c.D, c.scaling);
     const int64_t n = c.T * c.H * c.D;
     for (bool backward : {false, true}) {
       const std::vector<float> x = rand_bf16(n, seed++);

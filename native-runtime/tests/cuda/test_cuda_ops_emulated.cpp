@@ -329,15 +329,7 @@ TEST(cuda_rope_kernels_emulated_match_cpu) {
   const Case cases[] = {{3, 3, 128, ""}, {2, 8, 64, "llama3"}, {7, 5, 6, ""}, {4, 1, 2, "linear"}, {1, 5, 132, ""}};
   uint32_t seed = 400;
   for (const Case& c : cases) {
-    lora::RopeScaling scaling;
-    scaling.type = c.scaling;
-    if (scaling.type == "llama3") scaling.factor = 8.0;
-    if (scaling.type == "linear") scaling.factor = 4.0;
-    std::vector<float> inv_freq(static_cast<size_t>(c.D / 2));
-    lora::rope_inv_freq(inv_freq.data(), c.D, 500000.0, scaling);
-    std::vector<int32_t> pos(static_cast<size_t>(c.T));
-    const int32_t sample[] = {0, 1, 2, 0, 131071, 77777, 5};
-    for (int64_t t = 0; t < c.T; ++t) pos[static_cast<size_t>(t)] = sample[t % 7];
+    const auto [inv_freq, pos] = rope_inputs(c.T, c.D, c.scaling);
     const int64_t n = c.T * c.H * c.D;
     for (bool backward : {false, true}) {
       for (int offset : {0, 1}) {
