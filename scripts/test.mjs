@@ -2,6 +2,8 @@
 // `npm test`: builds everything, then runs every suite and prints one closing line
 // "N passed, N failed, N skipped" summed over all of them.
 //   1. native-runtime/build/runtime-tests      (C++ op, format and quantization tests)
+//      native-runtime/build/cuda-host-tests    (the CUDA model's orchestration and its GPU
+//      tests on a fake device made of the CPU ops; built with or without nvcc)
 //   2. node --test out/test/{unit,native,webview}  (TypeScript tests; the native suite drives
 //      the lora-runtime binary end to end; webview tests use headless Chromium)
 //   3. test/integration/run.mjs, when present  (the extension inside a real VS Code)
@@ -41,17 +43,25 @@ function count(name, out, re) {
 
 buildOrDie('npm', ['run', '--silent', 'build']);
 
-// 1. C++ tests
-{
-  const bin = path.join(root, 'native-runtime', 'build', 'runtime-tests');
+// 1. C++ tests: each executable ends with "N passed, N failed, N skipped"; a crash or a
+// missing binary counts as one failure.
+function cppSuite(name, exe) {
+  const bin = path.join(root, 'native-runtime', 'build', exe);
+  if (!existsSync(bin)) {
+    console.error(`npm test: ${bin} was not built`);
+    count(name, '', () => ({ passed: 0, failed: 1, skipped: 0 }));
+    return;
+  }
   const r = sh(bin, [], { stdio: ['ignore', 'pipe', 'inherit'] });
   process.stdout.write(r.stdout);
-  count('native (C++)', r.stdout, (out) => {
+  count(name, r.stdout, (out) => {
     const m = /^(\d+) passed, (\d+) failed, (\d+) skipped$/m.exec(out);
     if (!m || r.status !== 0 && Number(m?.[2] ?? 0) === 0) return { passed: 0, failed: 1, skipped: 0 };
     return { passed: +m[1], failed: +m[2], skipped: +m[3] };
   });
 }
+cppSuite('native (C++)', 'runtime-tests');
+cppSuite('CUDA orchestration (fake device)', 'cuda-host-tests');
 
 // 2. TypeScript suites
 {
