@@ -1,7 +1,8 @@
 #!/usr/bin/env node
-// Configures and builds native-runtime/ with CMake (Release): the CPU runtime, its tests and
-// its benchmark. Output:
-// native-runtime/build/lora-runtime, runtime-tests, runtime-bench.
+// Configures and builds native-runtime/ with CMake (Release): the runtime (with the CUDA path
+// when nvcc is on PATH; extra arguments go to the configure step, e.g. -DLORA_CUDA=OFF), its
+// tests and its benchmark. Output in native-runtime/build/: lora-runtime, runtime-tests,
+// cuda-host-tests (the CUDA model on a fake device), runtime-bench.
 import { spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import os from 'node:os';
