@@ -264,11 +264,10 @@ namespace {
 // as its train section; `with_eval` adds an eval shard.
 std::string make_run(const std::string& tag, const std::string& compute,
                      const std::string& train = "{\"seq_len\": 16, \"max_steps\": 1, \"grad_accum\": 1, \"save_every\": 0}",
-                     bool with_eval = false) {
+                     bool with_eval = false, const lora_test::TinyModelSpec& spec = {}) {
   const std::string run = lora_test::make_temp_dir(tag);
   make_dirs(run + "/model");
   make_dirs(run + "/data");
-  lora_test::TinyModelSpec spec;
   lora_test::write_tiny_model(spec, run + "/model");
   std::vector<std::vector<uint32_t>> docs;
   for (uint32_t d = 0; d < 12; ++d) {
@@ -357,6 +356,20 @@ TEST(train_auto_device_names_it_in_hello) {
   CHECK(done);
 }
 
+// The CUDA kernels refuse head sizes that are not multiples of 8 (up to 256): supports_model
+// says so and names the size; a supported size passes whenever the build has CUDA.
+TEST(cuda_supports_model_names_a_refused_head_size) {
+  ModelConfig c;
+  c.head_dim = 12;
+  std::string why;
+  CHECK(!cuda::supports_model(c, &why));
+  CHECK(contains(why, cuda::compiled() ? "is 12" : "without CUDA"));
+  c.head_dim = 64;
+  CHECK_EQ(cuda::supports_model(c, nullptr), cuda::compiled());
+  c.head_dim = 264;
+  CHECK(!cuda::supports_model(c, nullptr));
+}
+
 // ---- On a GPU (skipped elsewhere): the trainer drives the CUDA engine end to end. ----
 
 namespace {
@@ -409,6 +422,29 @@ int run_quietly(const std::string& run, bool resume) {
 }
 
 }  // namespace
+
+// "auto" means "the GPU when it can train this model": a head size the kernels refuse (12)
+// trains on the CPU, hello names the CPU, and a log line says why.
+TEST(gpu_auto_trains_a_refused_model_on_the_cpu) {
+  if (!gpu_or_skip()) return;
+  lora_test::TinyModelSpec spec;
+  spec.hidden = 48;  // 4 heads of 12
+  spec.intermediate = 64;
+  const std::string run = make_run("auto-odd-head", "{\"threads\": 1, \"device\": \"auto\"}",
+                                   "{\"seq_len\": 16, \"max_steps\": 1, \"grad_accum\": 1, \"save_every\": 0}",
+                                   false, spec);
+  CHECK_EQ(run_quietly(run, false), int(kExitOk));
+  const std::vector<Json> ev = read_events(run);
+  CHECK(!ev.empty());
+  if (ev.empty()) return;
+  CHECK_EQ(str_at(obj_at(ev[0], "device"), "kind"), std::string("cpu"));
+  bool why_logged = false;
+  for (const auto& e : ev)
+    if (str_at(e, "type") == "log" && contains(str_at(e, "message"), "multiple of 8")) why_logged = true;
+  CHECK(why_logged);
+  const Json* done = last_of(ev, "done");
+  CHECK(done && str_at(*done, "status") == "completed");
+}
 
 // The same 6 steps on the GPU and on the CPU: this checks the trainer's use of the CUDA
 // engine (step loop, clipping, schedule, eval, checkpoint and adapter downloads); the

@@ -33,6 +33,8 @@
 
 namespace lora::cuda {
 
+bool attention_supports_head_dim(int64_t D) { return D > 0 && D % 8 == 0 && D <= 256; }
+
 namespace {
 
 using namespace attention_kernels;
@@ -41,7 +43,7 @@ using namespace attention_kernels;
 
 // The instantiation (padded head dim) that serves D.
 int padded_head_dim(int64_t D) {
-  if (D <= 0 || D % 8 != 0 || D > 256)
+  if (!attention_supports_head_dim(D))
     throw std::invalid_argument("attention: head dim D = " + std::to_string(D) +
                                 " is not supported (need a multiple of 8 up to 256)");
   for (int p : {32, 64, 80, 96, 128, 160, 192, 256})

@@ -19,6 +19,9 @@ void attention_forward(bf16* out, float* lse, const bf16* q, const bf16* k, cons
                        cudaStream_t stream);
 // Writes (overwrites) dq: (rows*T, Hq, D), dk, dv: (rows*T, Hkv, D). `workspace` must hold
 // attention_backward_workspace() bytes (fp32 accumulators).
+// Whether the kernels serve head dim D (a multiple of 8 up to 256); the launchers throw
+// std::invalid_argument for any other.
+bool attention_supports_head_dim(int64_t D);
 size_t attention_backward_workspace(int64_t rows, int64_t T, int64_t Hq, int64_t Hkv, int64_t D);
 void attention_backward(bf16* dq, bf16* dk, bf16* dv, const bf16* dout, const bf16* out, const float* lse,
                         const bf16* q, const bf16* k, const bf16* v, const int32_t* doc_start, int64_t rows,

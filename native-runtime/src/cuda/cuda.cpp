@@ -5,12 +5,22 @@
 #include <string>
 #include <vector>
 
+#include "cuda/attention.hpp"
 #include "cuda/context.hpp"
 #include "cuda/cuda.hpp"
+#include "formats/model_config.hpp"
 
 namespace lora::cuda {
 
 bool compiled() { return true; }
+
+bool supports_model(const ModelConfig& cfg, std::string* why) {
+  if (attention_supports_head_dim(cfg.head_dim)) return true;
+  if (why)
+    *why = "the CUDA attention kernels need a head size that is a multiple of 8 up to 256; this model's is " +
+           std::to_string(cfg.head_dim);
+  return false;
+}
 
 std::string runtime_version() {
   return std::to_string(CUDART_VERSION / 1000) + "." + std::to_string((CUDART_VERSION % 1000) / 10);

@@ -10,6 +10,7 @@
 
 namespace lora {
 struct Model;
+struct ModelConfig;
 struct LoraState;
 }  // namespace lora
 
@@ -35,6 +36,11 @@ bool compiled();
 std::vector<DeviceInfo> list_devices(std::string* why = nullptr);
 // The CUDA runtime version the binary was built against, e.g. "13.0"; "" without CUDA.
 std::string runtime_version();
+
+// Whether the CUDA kernels can train a model of this shape (the attention kernels take head
+// sizes that are multiples of 8 up to 256); when not, `why` says what they refuse. False
+// without CUDA.
+bool supports_model(const ModelConfig& cfg, std::string* why = nullptr);
 
 }  // namespace lora::cuda
 

@@ -210,6 +210,16 @@ int run_train(const std::string& run_dir_arg, bool resume, EventSink& events, Tr
   try {
     cfg = load_run_config(run_dir);
     dev = select_device(cfg.device, {cfg.file, "compute.device", cfg.device_line});
+    // "auto" means "the GPU when it can train this model": a shape the kernels refuse (an
+    // odd head size) trains on the CPU instead, decided before hello names the device. An
+    // explicit cuda:N with such a model fails at the memory check with code "device".
+    if (dev.cuda && cfg.device == "auto") {
+      std::string why;
+      if (!cuda::supports_model(load_model_config(cfg.model), &why)) {
+        dev = DeviceChoice{};
+        dev.why_cpu = why;
+      }
+    }
   } catch (...) {
     config_error = std::current_exception();
     dev = DeviceChoice{};

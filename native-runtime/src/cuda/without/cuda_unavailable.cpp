@@ -19,6 +19,11 @@ std::vector<DeviceInfo> list_devices(std::string* why) {
 
 std::string runtime_version() { return ""; }
 
+bool supports_model(const ModelConfig&, std::string* why) {
+  if (why) *why = kWhy;
+  return false;
+}
+
 std::unique_ptr<TrainEngine> make_cuda_engine(const Model&, LoraState&, const CudaTrainOptions&) {
   throw InputError("device", kWhy, "", "compute.device", 0,
                    "set compute.device to \"cpu\" or \"auto\", or rebuild the runtime on a machine with the CUDA "
