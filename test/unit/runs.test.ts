@@ -80,6 +80,11 @@ test('runs: list shows created, interrupted, completed and live runs, newest fir
   // a live "runtime": a child process whose command line names itself lora-runtime
   const child = spawn('sleep', ['30'], { argv0: 'lora-runtime' });
   try {
+    // The child carries its own argv only once it has exec'd `sleep`; on a loaded machine
+    // /proc can still show the parent's command line for a moment after spawn().
+    await new Promise((r) => child.once('spawn', r));
+    const argv0 = () => { try { return fs.readFileSync(`/proc/${child.pid}/cmdline`, 'utf8').split('\0')[0]; } catch { return ''; } };
+    for (let i = 0; i < 200 && argv0() !== 'lora-runtime'; i++) await new Promise((r) => setTimeout(r, 25));
     fs.writeFileSync(path.join(live, 'runtime.pid'), JSON.stringify({ pid: child.pid, command: '/opt/lora-runtime', started_at: 'x' }));
     const list = listRuns(root);
     assert.deepEqual(list.map((r) => [r.name, r.status]), [['live', 'running'], ['done', 'completed'], ['crashed', 'interrupted'], ['created', 'created']]);
