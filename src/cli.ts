@@ -11,7 +11,7 @@ import {
 } from './core/config';
 import { prepareDataset, PrepareResult } from './core/dataset/prepare';
 import { DatasetError, formatDiagnostic } from './core/dataset/diagnostics';
-import { estimateMemory } from './core/estimate';
+import { estimateMemory, gpuCanTrain } from './core/estimate';
 import { ModelInspectError, ModelInspection, describeModel, formatBytes, inspectModel, loraParamCount, targetShapes } from './core/model/inspect';
 import { listCachedModels, hfHubCacheDir } from './core/model/hfCache';
 import { RuntimeEvent, formatErrorEvent, parseEventLine } from './core/runtime/events';
@@ -465,7 +465,7 @@ async function cmdTrain(args: string[]): Promise<number> {
     const est = estimateMemory({
       model, lora: cfg.lora, quant: cfg.quant, train: cfg.train, dtype: cfg.compute.dtype,
       offloadActivations: cfg.compute.offloadActivations === true,
-      device: rt.cuda && cfg.compute.device !== 'cpu' ? 'cuda' : 'cpu',
+      device: rt.cuda && cfg.compute.device !== 'cpu' && gpuCanTrain(model) ? 'cuda' : 'cpu',
     });
     log(`trainable: ${loraParamCount(model, cfg.lora.r, cfg.lora.targets).toLocaleString('en-US')} LoRA params; estimated memory ${formatBytes(est.totalBytes)}`);
   }

@@ -92,6 +92,13 @@ export function logitsChunkTokens(vocab: number, tokens: number): number {
   return Math.max(1, Math.min(1024, Math.floor((16 << 20) / (vocab * 4)), tokens));
 }
 
+/** Whether the runtime's CUDA kernels take this model's shape: the attention kernels need a
+ *  head size that is a multiple of 8 up to 256 (the runtime's cuda::supports_model);
+ *  `compute.device: auto` trains any other model on the CPU. */
+export function gpuCanTrain(model: Pick<ModelInspection, 'headDim'>): boolean {
+  return model.headDim > 0 && model.headDim % 8 === 0 && model.headDim <= 256;
+}
+
 export function estimateMemory(inp: EstimateInput): MemoryEstimate {
   return inp.device === 'cuda' ? estimateCuda(inp) : estimateCpu(inp);
 }

@@ -2,7 +2,7 @@
 // the panel's view of a config, a model, an estimate is computed here and tested headless.
 
 import { PRESETS, applyPreset, defaultConfig, findPreset, mergeConfig, validateConfig, type ConfigIssue, type TrainConfig } from '../core/config';
-import { estimateMemory } from '../core/estimate';
+import { estimateMemory, gpuCanTrain } from '../core/estimate';
 import type { ModelInspection } from '../core/model/inspect';
 import type { CachedModel as CoreCachedModel } from '../core/model/hfCache';
 import type { CachedModel, DeviceInfo, EstimateInfo, ModelSummary, PanelConfig, PresetInfo } from '../../webview/protocol';
@@ -65,9 +65,10 @@ export function cachedModelInfo(m: CoreCachedModel): CachedModel {
   return { path: m.path, repoId: m.repoId, arch: m.arch || m.modelType || 'unknown', sizeBytes: m.sizeBytes };
 }
 
-/** The memory estimate for the form's settings on the given device (CPU when there is no GPU). */
+/** The memory estimate for the form's settings on the device the run will use (the CPU when
+ *  there is no GPU, or when the GPU path cannot train this model). */
 export function estimateInfo(model: ModelInspection, c: TrainConfig, device: DeviceInfo | null): EstimateInfo {
-  const onGpu = device?.kind === 'cuda' && c.compute.device !== 'cpu';
+  const onGpu = device?.kind === 'cuda' && c.compute.device !== 'cpu' && gpuCanTrain(model);
   const e = estimateMemory({
     model,
     lora: { r: c.lora.r, targets: c.lora.targets, dropout: c.lora.dropout },

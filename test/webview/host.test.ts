@@ -141,6 +141,14 @@ describe('panel model', () => {
     const gpu = estimateInfo(m, c, { name: 'RTX', kind: 'cuda', memoryTotal: 8e9, memoryFree: 7e9 });
     assert.equal(gpu.deviceFreeBytes, 7e9);
     assert.equal(gpu.deviceName, 'RTX');
+    // A head size the CUDA kernels refuse (12) trains on the CPU under "auto": the estimate says so.
+    const odd = path.join(tmp, 'tiny-odd-head');
+    writeTinyModel(odd, { arch: 'llama', hidden: 48, layers: 2, heads: 4, kvHeads: 2, intermediate: 128, tokenizerStyle: 'chatml' });
+    const mOdd = inspectModel(odd);
+    assert.equal(mOdd.headDim, 12);
+    const oddGpu = estimateInfo(mOdd, fromPanelConfig({ ...form, model: odd }), { name: 'RTX', kind: 'cuda', memoryTotal: 8e9, memoryFree: 7e9 });
+    assert.equal(oddGpu.deviceName, 'CPU (system memory)');
+    assert.equal(oddGpu.deviceFreeBytes, null);
     const r2 = estimateInfo(m, fromPanelConfig({ ...form, lora: { ...form.lora, r: form.lora.r * 2 } }), null);
     assert.equal(r2.trainableParams, 2 * cpu.trainableParams, 'doubling r doubles the trainable parameters');
   });
